@@ -1,0 +1,8 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+from .elbo import ELBOLoss, cross_entropy_map
+from .kl import KLDivergenceLoss, gaussian_kl_divergence
+from .mvn_nll import LowRankMVNNLLLoss

@@ -1,0 +1,7 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+from .latent import ConvEncoder, GaussianLatentEncoder, LatentCombiner, soft_clamp
+from .lowrank import LowRankHead, low_rank_sample

@@ -1,0 +1,7 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+from .prob_unet import ProbabilisticUNet, ProbUNet
+from .ssn import SSN, StochasticSegmentationNetwork
