@@ -199,8 +199,8 @@ class StochasticSlidingWindowInferer(Inferer):
             expected = expected if isinstance(expected, int) else None
         if expected is not None and inputs.shape[1] != expected:
             raise ValueError(
-                f"inputs have {inputs.shape[1]} channels (shape {tuple(inputs.shape)}), the network expects {expected}: "
-                "are the modalities stacked on axis 1?"
+                f"inputs have {inputs.shape[1]} channels (shape {tuple(inputs.shape)}), the network expects "
+                f"{expected}: are the modalities stacked on axis 1?"
             )
         check_finite(inputs, f"inputs of shape {tuple(inputs.shape)}")
 
@@ -361,7 +361,7 @@ def _is_distribution_model(network: Any) -> bool:
 
 
 def _forked_rng(seed: int | None, device: torch.device) -> contextlib.AbstractContextManager:
-    """Seed torch's global RNG inside a fork, so random layers (dropout) are reproducible and the caller's state kept."""
+    """Seed torch's global RNG inside a fork: random layers (dropout) are reproducible, the caller's state is kept."""
     if seed is None:
         return contextlib.nullcontext()
     devices = [device] if device.type == "cuda" else []
