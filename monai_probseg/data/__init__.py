@@ -11,3 +11,12 @@ from .datalists import (
     qubiq_datalist,
     write_datalist,
 )
+from .synthetic import (
+    ambiguous_lesions_2d,
+    brats_phantom,
+    match_modes,
+    read_lesion_modes,
+    sample_oracle,
+    write_ambiguous_lesions_2d,
+    write_brats_phantoms,
+)

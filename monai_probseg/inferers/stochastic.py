@@ -271,12 +271,12 @@ class StochasticSlidingWindowInferer(Inferer):
     ) -> dict[str, torch.Tensor]:
         maps = self._stitched_maps(inputs, network, args, kwargs)
         mask_fn = getattr(network, "sampling_mask", None)
-        if not callable(mask_fn):
+        mask = mask_fn(maps) if callable(mask_fn) else None
+        if mask is None:
             chunks = (network.sample(maps, n, generator) for n in self._chunk_sizes("sampling"))
             return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
 
         # sample only inside the mask; outside it every sample equals the mean prediction
-        mask = mask_fn(maps)
         spatial = next(iter(maps.values())).shape[2:]
         if mask.shape[0] != inputs.shape[0] or tuple(mask.shape[2:]) != tuple(spatial):
             raise ValueError(f"sampling_mask returned shape {tuple(mask.shape)}, expected (B, 1, *{tuple(spatial)}).")

@@ -1,0 +1,215 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Quality benchmark on the 2D ambiguous-lesion set: deterministic U-Net vs Probabilistic U-Net vs SSN vs the oracle.
+
+Every model is trained the same way (same cases, same number of iterations, same batch size, one random
+annotator per case and iteration, as Kohl et al. 2018 train on LIDC), then evaluated on held-out cases with
+``--samples`` samples each against the K annotations:
+
+- GED (generalized energy distance, PHiSeg/SSN convention) and HM-IoU (Kohl et al. 2019);
+- the oracle: the same metrics for samples drawn from each held-out case's true mask distribution;
+- the sampling cost: time for ``--samples`` samples vs one forward pass (eval), on the held-out batch.
+
+Run (about 3 x 15 minutes on 2 CPU cores with the defaults)::
+
+    python benchmarks/bench_lesions2d.py --iterations 1500
+    python benchmarks/bench_lesions2d.py --iterations 50 --test-cases 8 --samples 16   # smoke run
+
+Writes ``benchmarks/results/lesions2d.json`` and ``lesions2d.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from monai.networks.nets import UNet
+from tqdm.auto import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine_info, md_table, write_results  # noqa: E402
+
+from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
+from monai_probseg.losses import ELBOLoss, LowRankMVNNLLLoss  # noqa: E402
+from monai_probseg.metrics import generalized_energy_distance, hungarian_matched_iou  # noqa: E402
+from monai_probseg.networks.nets import ProbabilisticUNet, StochasticSegmentationNetwork  # noqa: E402
+
+logger = logging.getLogger("bench_lesions2d")
+
+MODELS = ("unet", "prob_unet", "ssn")
+
+
+def build(name: str, channels: tuple[int, ...]) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
+    """Model, loss and learning rate for one family (the loss is None for the deterministic U-Net: CE)."""
+    if name == "unet":
+        strides = (2,) * (len(channels) - 1)
+        return UNet(2, 1, 2, channels=channels, strides=strides, num_res_units=2), None, 1e-3
+    if name == "prob_unet":
+        # Kohl et al. 2018: latent_dim 6, beta 1, 3 fcomb layers, CE summed over pixels
+        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=1.0), 1e-4
+    if name == "ssn":
+        # Monteiro et al. 2020: rank 10, 20 MC samples (antithetic)
+        strides = (2,) * (len(channels) - 1)
+        net = StochasticSegmentationNetwork(2, 1, 2, rank=10, channels=channels, strides=strides)
+        return net, LowRankMVNNLLLoss(num_mc_samples=20), 1e-3
+    raise ValueError(f"unknown model '{name}', expected one of {MODELS}.")
+
+
+def train(name, net, loss_fn, lr, images, labels, iterations, batch_size, seed):
+    """Plain training loop: random batch, one random annotator per case."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    losses = []
+    start = time.perf_counter()
+    for _ in tqdm(range(iterations), desc=f"train {name}", leave=False):
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+        ann = torch.randint(0, labels.shape[1], (batch_size,), generator=gen)
+        x = images[idx]
+        y = labels[idx, ann].unsqueeze(1).long()
+        opt.zero_grad(set_to_none=True)
+        if loss_fn is None:
+            loss = torch.nn.functional.cross_entropy(net(x), y[:, 0])
+        elif name == "prob_unet":
+            loss = loss_fn(net(x, y), y)["loss"]
+        else:
+            loss = loss_fn(net(x, y), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return time.perf_counter() - start, losses
+
+
+@torch.no_grad()
+def draw(name, net, x, num_samples, seed):
+    """(B, N, H, W) label maps: N samples, or the argmax repeated for the deterministic U-Net."""
+    net.eval()
+    if name == "unet":
+        return net(x).argmax(1, keepdim=True).expand(-1, num_samples, -1, -1)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, num_samples, 25):
+        out.append(net.sample(net.distribution(x), min(25, num_samples - start), gen).argmax(2))
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def sampling_cost(name, net, x, num_samples, repeats=3):
+    """Median wall time of one forward pass and of ``num_samples`` samples (distribution + sampler)."""
+    net.eval()
+
+    def median_time(fn):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    t_forward = median_time(lambda: net(x))
+    if name == "unet":
+        return t_forward, None
+    gen = torch.Generator().manual_seed(0)
+    t_samples = median_time(lambda: net.sample(net.distribution(x), num_samples, gen))
+    return t_forward, t_samples
+
+
+def evaluate(samples, annotations):
+    ged = generalized_energy_distance(samples, annotations, num_classes=2, return_terms=True)
+    hm = hungarian_matched_iou(samples, annotations, num_classes=2)
+    return {
+        "ged": float(ged["ged"].mean()),
+        "diversity_samples": float(ged["diversity_samples"].mean()),
+        "cross": float(ged["cross"].mean()),
+        "hm_iou": float(hm.mean()),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64, help="image side (the set is generated at this size)")
+    parser.add_argument("--train-cases", type=int, default=400)
+    parser.add_argument("--test-cases", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 192])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="lesions2d", help="results file stem")
+    args = parser.parse_args(argv)
+    if args.samples % 4:
+        parser.error(f"--samples must be a multiple of the 4 annotators (HM-IoU), got {args.samples}.")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    size = (args.size, args.size)
+    train_cases = ambiguous_lesions_2d(args.train_cases, size, num_annotators=4, seed=args.seed)
+    test_cases = ambiguous_lesions_2d(args.test_cases, size, num_annotators=4, seed=args.seed + 1000)
+    images = torch.from_numpy(np.stack([c["image"] for c in train_cases])).float()
+    labels = torch.from_numpy(np.stack([c["label"] for c in train_cases])).long()
+    x_test = torch.from_numpy(np.stack([c["image"] for c in test_cases])).float()
+    y_test = torch.from_numpy(np.stack([c["label"] for c in test_cases])).long()
+
+    oracle = torch.from_numpy(np.stack([sample_oracle(c, args.samples, seed=i) for i, c in enumerate(test_cases)]))
+    rows = [{"model": "oracle", **evaluate(oracle.long(), y_test)}]
+    logger.info("oracle: %s", rows[0])
+
+    for name in args.models:
+        torch.manual_seed(args.seed)
+        net, loss_fn, lr = build(name, tuple(args.channels))
+        train_time, losses = train(
+            name, net, loss_fn, lr, images, labels, args.iterations, args.batch_size, args.seed
+        )
+        samples = draw(name, net, x_test, args.samples, args.seed)
+        row = {"model": name, **evaluate(samples, y_test)}
+        t_fwd, t_samples = sampling_cost(name, net, x_test[:8], args.samples)
+        row.update(
+            train_seconds=train_time,
+            iterations=args.iterations,
+            first_loss=float(np.mean(losses[:20])),
+            last_loss=float(np.mean(losses[-20:])),
+            forward_seconds_batch8=t_fwd,
+            samples_seconds_batch8=t_samples if t_samples is not None else "",
+            samples_over_forward=t_samples / t_fwd if t_samples is not None else "",
+            parameters=sum(p.numel() for p in net.parameters()),
+        )
+        rows.append(row)
+        logger.info("%s: %s", name, row)
+
+    oracle_ged = rows[0]["ged"]
+    for row in rows[1:]:
+        row["ged_over_oracle"] = row["ged"] / oracle_ged
+    det = next((r for r in rows if r["model"] == "unet"), None)
+    if det is not None:
+        for row in rows[1:]:
+            row["ged_over_unet"] = row["ged"] / det["ged"]
+
+    results = {"machine": machine_info(), "args": vars(args), "rows": rows}
+    cols = ["model", "ged", "ged_over_oracle", "ged_over_unet", "hm_iou", "diversity_samples", "train_seconds",
+            "samples_over_forward"]
+    md = (
+        f"# 2D ambiguous lesions: {args.test_cases} held-out cases, {args.samples} samples, K=4 annotators\n\n"
+        f"Training: {args.train_cases} cases of {args.size}x{args.size}, {args.iterations} iterations of batch "
+        f"{args.batch_size}, one random annotator per case. {args.threads} CPU threads.\n\n"
+        + md_table(rows, cols)
+        + "\n\n`samples_over_forward`: time of "
+        + f"{args.samples} samples (one distribution() pass + sampler) / one forward pass, batch of 8.\n\n"
+        + f"Command: `python benchmarks/bench_lesions2d.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+    )
+    paths = write_results(args.name, results, md)
+    logger.info("wrote %s", ", ".join(paths))
+    return results
+
+
+if __name__ == "__main__":
+    main()

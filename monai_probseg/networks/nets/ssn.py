@@ -1,0 +1,287 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Stochastic Segmentation Network on any MONAI segmentation backbone.
+
+Monteiro, M., Le Folgoc, L., Coelho de Castro, D., Pawlowski, N., Marques, B., Kamnitsas, K., van der Wilk, M.,
+Glocker, B. (2020) Stochastic Segmentation Networks: Modelling Spatially Correlated Aleatoric Uncertainty.
+NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import UNet
+
+from monai_probseg.networks.blocks.lowrank import LowRankHead, low_rank_sample
+from monai_probseg.utils import check_positive_int, check_spatial_dims
+
+__all__ = ["StochasticSegmentationNetwork", "SSN"]
+
+
+class StochasticSegmentationNetwork(nn.Module):
+    """Stochastic Segmentation Network: a backbone plus a low-rank multivariate normal over the logits.
+
+    Monteiro et al. (2020) Stochastic Segmentation Networks: Modelling Spatially Correlated Aleatoric
+    Uncertainty. NeurIPS 2020.
+
+    The backbone maps the image to ``F`` feature maps; 1x1 convolution heads (:py:class:`LowRankHead`) turn them
+    into the parameters of a normal distribution over the logits of all voxels with covariance
+    ``P P^T + D``: the mean (``C`` maps), the diagonal ``D = exp(log_diag) + epsilon`` (``C`` maps) and the factor
+    ``P`` of rank ``R`` (``C * R`` maps, channel ``c * R + r`` is rank ``r`` of class ``c``). A sample is
+    ``mean + P @ eps + sqrt(D) * eta`` with ``eps`` (``R`` numbers) shared by the whole image, so samples are
+    spatially coherent, and drawing ``N`` of them costs one backbone pass plus ``N`` cheap per-voxel operations
+    (:py:meth:`sample`). Train it with :py:class:`monai_probseg.losses.LowRankMVNNLLLoss`.
+
+    Defaults follow the paper: rank 10, epsilon 1e-5. The backbone can be any MONAI segmentation network whose
+    output channels are set to ``backbone_channels`` (``UNet``, ``BasicUNet``, ``DynUNet``, ``SegResNet``, ...):
+    its last layer then produces the features and this network adds the heads. ``diagonal=True`` gives the
+    paper's baseline with independent normals per voxel (the factor is zero).
+
+    Outside a region of interest (a brain mask passed as ``roi_mask``, or the non-zero voxels of the image with
+    ``roi_from_image=True``) the factor is zero and the diagonal ``epsilon``, as in the reference implementation:
+    the covariance tends to blow up in the air, where the label is certain. If the parameters of a batch item are
+    not finite the item falls back to the mean with an ``epsilon`` diagonal (see :py:attr:`num_fallbacks`).
+
+    Model contract (see DESIGN.md):
+
+    - eval ``forward(x)`` returns the mean logits ``(B, C, *spatial)``;
+    - training ``forward(x, y)`` returns ``{"logits", "mean", "cov_factor", "cov_diag"}`` (``y`` is ignored);
+    - ``distribution(x)`` returns the spatial maps ``mean``, ``cov_factor``, ``cov_diag``;
+    - ``sample(maps, num_samples, generator)`` returns ``(B, N, C, *spatial)`` logits.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: number of input channels (e.g. 4 MRI modalities).
+        out_channels: number of classes ``C`` (softmax over classes; binary is ``C = 2``, or ``C = 1`` with a
+            sigmoid in :py:class:`~monai_probseg.losses.LowRankMVNNLLLoss`).
+        rank: rank ``R`` of the covariance factor (10 in the paper).
+        backbone: module mapping ``(B, in_channels, *spatial)`` to ``(B, backbone_channels, *spatial)`` features.
+            ``None`` builds a MONAI ``UNet`` with ``channels``, ``strides`` and ``num_res_units``.
+        backbone_channels: number of feature maps the backbone outputs (32 when ``backbone`` is None; required
+            otherwise).
+        diagonal: independent normals per voxel instead of the low-rank covariance (the paper's baseline).
+        epsilon: added to the covariance diagonal (1e-5 in the paper), also the diagonal outside the ROI.
+        roi_from_image: when no ``roi_mask`` is given, use the voxels where any input channel is non-zero.
+        log_diag_range: bounds of the log of the diagonal before the exponential.
+        head_act: activation applied to the backbone features before the 1x1 heads (ReLU, as in the reference
+            implementation), or ``None``.
+        channels: channels of the default ``UNet`` backbone (used when ``backbone`` is None).
+        strides: strides of the default ``UNet`` backbone.
+        num_res_units: residual units per block of the default ``UNet`` backbone.
+        sampling_tolerance: used by :py:meth:`sampling_mask`, which tells a sliding-window inferer where sampling
+            can be skipped: voxels where no sample within ``sampling_num_std`` standard deviations can give a
+            non-top class more than this probability. ``None`` samples every voxel.
+        sampling_num_std: the number of standard deviations of that bound.
+
+    Example::
+
+        net = StochasticSegmentationNetwork(3, in_channels=4, out_channels=4, rank=10)
+        net.eval()
+        maps = net.distribution(torch.randn(1, 4, 64, 64, 64))
+        samples = net.sample(maps, num_samples=20, generator=0)  # (1, 20, 4, 64, 64, 64) logits
+
+        # any MONAI backbone, its output channels are the features
+        backbone = SegResNet(spatial_dims=3, in_channels=4, out_channels=16, init_filters=16)
+        net = StochasticSegmentationNetwork(3, 4, 4, backbone=backbone, backbone_channels=16)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        rank: int = 10,
+        backbone: nn.Module | None = None,
+        backbone_channels: int | None = None,
+        diagonal: bool = False,
+        epsilon: float = 1e-5,
+        roi_from_image: bool = False,
+        log_diag_range: Sequence[float] = (-20.0, 10.0),
+        head_act: str | tuple | None = "relu",
+        channels: Sequence[int] = (32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2),
+        num_res_units: int = 2,
+        sampling_tolerance: float | None = 1e-4,
+        sampling_num_std: float = 6.0,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.rank = check_positive_int(rank, "rank")
+        if backbone is None:
+            backbone_channels = 32 if backbone_channels is None else backbone_channels
+            backbone = UNet(
+                spatial_dims=self.spatial_dims,
+                in_channels=self.in_channels,
+                out_channels=check_positive_int(backbone_channels, "backbone_channels"),
+                channels=channels,
+                strides=strides,
+                num_res_units=num_res_units,
+            )
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be a torch.nn.Module or None, got {type(backbone).__name__}.")
+        elif backbone_channels is None:
+            raise ValueError(
+                "backbone_channels is required with a custom backbone: the number of feature maps it outputs "
+                "(e.g. the out_channels the MONAI network was built with)."
+            )
+        self.backbone_channels = check_positive_int(backbone_channels, "backbone_channels")
+        self.backbone = backbone
+        self.roi_from_image = bool(roi_from_image)
+        if sampling_tolerance is not None and not 0.0 < sampling_tolerance < 1.0:
+            raise ValueError(f"sampling_tolerance must be in (0, 1) or None, got {sampling_tolerance!r}.")
+        if sampling_num_std <= 0:
+            raise ValueError(f"sampling_num_std must be > 0, got {sampling_num_std!r}.")
+        self.sampling_tolerance = sampling_tolerance
+        self.sampling_num_std = float(sampling_num_std)
+        self.head = LowRankHead(
+            spatial_dims=self.spatial_dims,
+            in_channels=self.backbone_channels,
+            out_channels=self.out_channels,
+            rank=self.rank,
+            diagonal=diagonal,
+            epsilon=epsilon,
+            log_diag_range=log_diag_range,
+            act=head_act,
+        )
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether the covariance is diagonal (no low-rank factor)."""
+        return self.head.diagonal
+
+    @property
+    def epsilon(self) -> float:
+        """The constant added to the covariance diagonal."""
+        return self.head.epsilon
+
+    @property
+    def num_fallbacks(self) -> int:
+        """Number of batch items whose distribution could not be formed and fell back to the mean."""
+        return self.head.num_fallbacks
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must be (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial dims, "
+                f"got {tuple(x.shape)}."
+            )
+        feats = self.backbone(x)
+        if isinstance(feats, (list, tuple)):  # e.g. deep supervision outputs: the first is the full resolution
+            feats = feats[0]
+        if feats.ndim != x.ndim or feats.shape[1] != self.backbone_channels or feats.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"the backbone must map the input {tuple(x.shape)} to (B, {self.backbone_channels}, "
+                f"{', '.join(map(str, x.shape[2:]))}) features, got {tuple(feats.shape)}; check backbone_channels, "
+                "that the spatial size suits its strides, and that deep supervision is off."
+            )
+        return feats
+
+    def distribution(self, x: torch.Tensor, roi_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return the spatial parameter maps of the distribution over logits.
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+            roi_mask: optional region of interest ``(B, 1, *spatial)`` or ``(B, *spatial)``, non-zero inside;
+                outside it the factor is zero and the diagonal epsilon. Derived from ``x`` when None and
+                ``roi_from_image`` is set.
+
+        Returns:
+            ``{"mean": (B, C, *spatial), "cov_factor": (B, C * R, *spatial), "cov_diag": (B, C, *spatial)}``;
+            channel ``c * R + r`` of ``cov_factor`` is rank ``r`` of class ``c``; ``cov_diag`` holds variances.
+        """
+        if roi_mask is None and self.roi_from_image:
+            roi_mask = (x != 0).any(dim=1, keepdim=True)
+        return self.head(self._features(x), roi_mask=roi_mask)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, roi_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Mean logits in eval mode, the distribution maps (plus ``"logits"``) in training mode.
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+            y: label, accepted so that a trainer can call ``network(x, y)``; not used.
+            roi_mask: optional region of interest, see :py:meth:`distribution`.
+        """
+        maps = self.distribution(x, roi_mask=roi_mask)
+        if not self.training:
+            return maps["mean"]
+        return {"logits": maps["mean"], **maps}
+
+    def sample(
+        self,
+        maps: dict[str, torch.Tensor],
+        num_samples: int,
+        generator: int | torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Draw logit samples ``mean + P @ eps + sqrt(D) * eta`` from the maps of :py:meth:`distribution`.
+
+        ``eps`` (``R`` numbers per sample) is shared by the whole image; the backbone is not re-run. Memory and
+        the order of the random draws are described in :py:func:`~monai_probseg.networks.blocks.low_rank_sample`.
+
+        Args:
+            maps: the output of :py:meth:`distribution` (possibly stitched by a sliding-window inferer).
+            num_samples: number of samples ``N``.
+            generator: seed or ``torch.Generator`` (same seed, same samples).
+            eps: optional global low-rank noise ``(B or 1, N, R)`` to use instead of drawing it.
+
+        Returns:
+            logits ``(B, N, C, *spatial)``.
+        """
+        missing = [k for k in ("mean", "cov_factor", "cov_diag") if k not in maps]
+        if missing:
+            raise KeyError(f"maps lacks {missing}; expected the dict returned by distribution(), got {sorted(maps)}.")
+        return low_rank_sample(
+            maps["mean"], maps["cov_factor"], maps["cov_diag"], num_samples, generator=generator, eps=eps
+        )
+
+    def mean_logits(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The best single answer from the maps of :py:meth:`distribution`: the mean logits ``(B, C, *spatial)``."""
+        return maps["mean"]
+
+    @torch.no_grad()
+    def sampling_mask(self, maps: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Voxels where samples can differ noticeably from the mean prediction, ``(B, 1, *spatial)`` bool.
+
+        A voxel is left out (``False``) when one of these holds, so that no sample within ``k = sampling_num_std``
+        standard deviations moves a class probability of the mean prediction by more than ``tol =
+        sampling_tolerance``:
+
+        - it lies outside the region of interest (zero factor, ``epsilon`` diagonal): there the distribution is
+          the ``epsilon`` placeholder of the reference implementation and every sample is the mean;
+        - its logits barely vary: ``k s <= tol``, with ``s`` the largest per-class logit standard deviation
+          ``sqrt(max_c sum_r P_cr^2 + D_c)`` (softmax moves a probability by at most the change of the logits);
+        - its mean is confident beyond the noise: ``m - 2 k s >= log((C - 1) / tol)``, with ``m`` the margin
+          between the two largest mean logits, so every such sample keeps the mean's argmax with a probability
+          above ``1 - tol``.
+
+        The :py:class:`~monai_probseg.inferers.StochasticSlidingWindowInferer` samples only the voxels left in
+        and gives the others the mean prediction. Returns ``None`` (sample everything) when
+        ``sampling_tolerance`` is None or there is a single class.
+        """
+        mean, factor, diag = maps["mean"], maps["cov_factor"], maps["cov_diag"]
+        num_classes = mean.shape[1]
+        if self.sampling_tolerance is None or num_classes < 2:
+            return None
+        tol, k = self.sampling_tolerance, self.sampling_num_std
+        factor = factor.reshape(mean.shape[0], num_classes, -1, *mean.shape[2:])
+        variance = factor.square().sum(2) + diag
+        std_max = variance.amax(1, keepdim=True).sqrt()
+        outside_roi = (factor == 0).flatten(1, 2).all(1, keepdim=True) & (diag <= self.head.epsilon * (1 + 1e-3)).all(
+            1, keepdim=True
+        )
+        still = k * std_max <= tol
+        top2 = mean.topk(2, dim=1).values
+        confident = (top2[:, :1] - top2[:, 1:]) - 2.0 * k * std_max >= math.log((num_classes - 1) / tol)
+        return ~(outside_roi | still | confident)
+
+
+SSN = StochasticSegmentationNetwork

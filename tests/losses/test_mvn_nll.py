@@ -1,0 +1,189 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import torch
+import torch.nn.functional as F
+from parameterized import parameterized
+
+from monai_probseg.losses import LowRankMVNNLLLoss
+
+
+def _params(num_classes=2, rank=2, spatial=(1, 3), batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn((batch, num_classes, *spatial), generator=g)
+    factor = 0.5 * torch.randn((batch, num_classes * rank, *spatial), generator=g)
+    diag = 0.3 * torch.rand((batch, num_classes, *spatial), generator=g) + 0.05
+    return mean, factor, diag
+
+
+def _hand_loss(mean, factor, diag, target, num_samples, seed, antithetic, rank):
+    """Direct computation with python floats for one batch item, spatial (1, V)."""
+    num_classes, num_vox = mean.shape[1], mean.shape[-1]
+    num_draw = num_samples // 2 if antithetic else num_samples
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn((1, num_draw, rank), generator=g)
+    eta = torch.randn((1, num_draw, num_classes, 1, num_vox), generator=g)
+    centred = []
+    for n in range(num_draw):
+        z = [
+            [
+                sum(float(factor[0, c * rank + r, 0, v]) * float(eps[0, n, r]) for r in range(rank))
+                + math.sqrt(float(diag[0, c, 0, v])) * float(eta[0, n, c, 0, v])
+                for v in range(num_vox)
+            ]
+            for c in range(num_classes)
+        ]
+        centred.append(z)
+    if antithetic:
+        centred = centred + [[[-x for x in row] for row in z] for z in centred]
+    sums = []
+    for z in centred:
+        total = 0.0
+        for v in range(num_vox):
+            logits = [float(mean[0, c, 0, v]) + z[c][v] for c in range(num_classes)]
+            y = int(target[0, 0, 0, v])
+            total += logits[y] - math.log(sum(math.exp(x) for x in logits))
+        sums.append(total)
+    top = max(sums)
+    return -(top + math.log(sum(math.exp(s - top) for s in sums)) - math.log(num_samples))
+
+
+class TestLowRankMVNNLLLoss(unittest.TestCase):
+    @parameterized.expand([[True], [False]])
+    def test_hand_computation(self, antithetic):
+        """1 batch item, 2 classes, 3 voxels, M = 4: the loss equals the formula evaluated by hand."""
+        mean, factor, diag = _params()
+        target = torch.tensor([[[[1, 0, 1]]]])
+        loss = LowRankMVNNLLLoss(num_mc_samples=4, antithetic=antithetic, generator=5)(
+            mean, target, cov_factor=factor, cov_diag=diag
+        )
+        expected = _hand_loss(mean, factor, diag, target, 4, 5, antithetic, rank=2)
+        self.assertAlmostEqual(float(loss), expected, places=5)
+
+    def test_dict_input_equals_tensor_input(self):
+        mean, factor, diag = _params(3, 2, (4, 4), batch=2)
+        target = torch.randint(0, 3, (2, 1, 4, 4))
+        a = LowRankMVNNLLLoss(generator=1)(
+            {"logits": mean, "mean": mean, "cov_factor": factor, "cov_diag": diag}, target
+        )
+        b = LowRankMVNNLLLoss(generator=1)(mean, target[:, 0], cov_factor=factor, cov_diag=diag)
+        torch.testing.assert_close(a, b)
+
+    @parameterized.expand([[2, (5, 4)], [3, (3, 4, 2)]])
+    def test_deterministic_limit_is_cross_entropy(self, num_classes, spatial):
+        """With (almost) no covariance every sample is the mean: the loss is the summed cross-entropy."""
+        mean, factor, diag = _params(num_classes, 2, spatial, batch=2)
+        target = torch.randint(0, num_classes, (2, 1, *spatial))
+        loss = LowRankMVNNLLLoss(reduction="none", generator=0)(
+            mean, target, cov_factor=torch.zeros_like(factor), cov_diag=torch.zeros_like(diag)
+        )
+        ce = F.cross_entropy(mean, target[:, 0], reduction="none").flatten(1).sum(1)
+        torch.testing.assert_close(loss, ce)
+
+    def test_sigmoid_single_channel(self):
+        mean, factor, diag = _params(1, 2, (4, 4), batch=2)
+        target = torch.randint(0, 2, (2, 1, 4, 4))
+        loss = LowRankMVNNLLLoss(generator=0)(
+            mean, target, cov_factor=torch.zeros_like(factor), cov_diag=torch.zeros_like(diag)
+        )
+        bce = F.binary_cross_entropy_with_logits(mean, target.float(), reduction="sum") / 2
+        torch.testing.assert_close(loss, bce)
+        self.assertTrue(torch.isfinite(LowRankMVNNLLLoss()(mean, target, cov_factor=factor, cov_diag=diag)))
+
+    def test_mask_and_ignore_index_exclude_voxels(self):
+        mean, factor, diag = _params(2, 2, (4, 4), batch=2)
+        target = torch.randint(0, 2, (2, 1, 4, 4))
+        mask = torch.ones_like(target)
+        mask[:, :, :2] = 0
+        flipped = target.clone()
+        flipped[:, :, :2] = 1 - flipped[:, :, :2]
+        ignored = target.clone()
+        ignored[:, :, :2] = 255
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        a = LowRankMVNNLLLoss(generator=3)(mean, target, mask=mask, **kw)
+        b = LowRankMVNNLLLoss(generator=3)(mean, flipped, mask=mask, **kw)
+        c = LowRankMVNNLLLoss(generator=3, ignore_index=255)(mean, ignored, **kw)
+        full = LowRankMVNNLLLoss(generator=3)(mean, target, **kw)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
+        self.assertLess(float(a), float(full))
+        # masked loss with zero covariance = cross-entropy over the kept voxels only
+        zero = {"cov_factor": torch.zeros_like(factor), "cov_diag": torch.zeros_like(diag)}
+        ce = F.cross_entropy(mean, target[:, 0], reduction="none")[:, 2:].sum() / 2
+        torch.testing.assert_close(LowRankMVNNLLLoss()(mean, target, mask=mask, **zero), ce)
+
+    def test_reductions(self):
+        mean, factor, diag = _params(2, 2, (3, 3), batch=3)
+        target = torch.randint(0, 2, (3, 1, 3, 3))
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        per_item = LowRankMVNNLLLoss(reduction="none", generator=0)(mean, target, **kw)
+        self.assertEqual(tuple(per_item.shape), (3,))
+        torch.testing.assert_close(LowRankMVNNLLLoss(generator=0)(mean, target, **kw), per_item.mean())
+        torch.testing.assert_close(LowRankMVNNLLLoss(reduction="sum", generator=0)(mean, target, **kw), per_item.sum())
+
+    def test_seed_reproducible_and_noise_changes_between_calls(self):
+        mean, factor, diag = _params(2, 2, (4, 4))
+        target = torch.randint(0, 2, (1, 1, 4, 4))
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        loss_a, loss_b = LowRankMVNNLLLoss(generator=9), LowRankMVNNLLLoss(generator=9)
+        first = loss_a(mean, target, **kw)
+        torch.testing.assert_close(first, loss_b(mean, target, **kw))
+        self.assertNotEqual(float(first), float(loss_a(mean, target, **kw)))  # the generator moves on
+
+    def test_large_sums_stay_finite(self):
+        """Per-sample log-likelihood sums of about -1e6 would underflow a naive exp; logsumexp keeps them."""
+        mean = torch.zeros(1, 2, 64, 64)
+        mean[:, 1] = 500.0
+        target = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+        factor, diag = torch.randn(1, 2 * 3, 64, 64), torch.full((1, 2, 64, 64), 1.0)
+        mean.requires_grad_(True)
+        factor.requires_grad_(True)
+        loss = LowRankMVNNLLLoss(generator=0)(mean, target, cov_factor=factor, cov_diag=diag)
+        self.assertTrue(torch.isfinite(loss))
+        self.assertGreater(float(loss.detach()), 1e6)
+        loss.backward()
+        self.assertTrue(torch.isfinite(mean.grad).all() and torch.isfinite(factor.grad).all())
+
+    def test_gradient_reaches_covariance(self):
+        mean, factor, diag = (t.clone().requires_grad_(True) for t in _params(2, 2, (4, 4)))
+        target = torch.randint(0, 2, (1, 1, 4, 4))
+        LowRankMVNNLLLoss(generator=0)(mean, target, cov_factor=factor, cov_diag=diag).backward()
+        for t in (mean, factor, diag):
+            self.assertTrue(torch.isfinite(t.grad).all())
+            self.assertGreater(float(t.grad.abs().sum()), 0.0)
+
+    def test_return_dict(self):
+        mean, factor, diag = _params(2, 2, (4, 4), batch=2)
+        target = torch.randint(0, 2, (2, 1, 4, 4))
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        out = LowRankMVNNLLLoss(generator=0, return_dict=True)(mean, target, **kw)
+        self.assertEqual(set(out), {"loss", "nll_per_voxel", "ce_mean"})
+        torch.testing.assert_close(out["loss"], LowRankMVNNLLLoss(generator=0)(mean, target, **kw))
+        torch.testing.assert_close(out["nll_per_voxel"], out["loss"] / 16)
+        torch.testing.assert_close(out["ce_mean"], F.cross_entropy(mean, target[:, 0]))
+
+    def test_errors(self):
+        mean, factor, diag = _params(2, 2, (4, 4))
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        with self.assertRaisesRegex(ValueError, "even"):
+            LowRankMVNNLLLoss(num_mc_samples=5)
+        LowRankMVNNLLLoss(num_mc_samples=5, antithetic=False)  # fine without antithetic pairs
+        with self.assertRaisesRegex(ValueError, "target must be"):
+            LowRankMVNNLLLoss()(mean, torch.zeros(1, 1, 4, 3, dtype=torch.long), **kw)
+        with self.assertRaisesRegex(ValueError, r"target values must be in \[0, 1\]"):
+            LowRankMVNNLLLoss()(mean, torch.full((1, 1, 4, 4), 2), **kw)
+        with self.assertRaisesRegex(KeyError, "cov_factor"):
+            LowRankMVNNLLLoss()({"mean": mean}, torch.zeros(1, 1, 4, 4))
+        with self.assertRaisesRegex(ValueError, "cov_factor and cov_diag"):
+            LowRankMVNNLLLoss()(mean, torch.zeros(1, 1, 4, 4))
+        with self.assertRaisesRegex(ValueError, "reduction"):
+            LowRankMVNNLLLoss(reduction="max")
+
+
+if __name__ == "__main__":
+    unittest.main()
