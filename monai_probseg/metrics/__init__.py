@@ -2,3 +2,22 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .calibration import (
+    expected_calibration_error,
+    max_uncertainty_error_overlap,
+    ncc_uncertainty_error,
+    uncertainty_error_overlap,
+)
+from .ged import (
+    GeneralizedEnergyDistanceMetric,
+    SampleDiversityMetric,
+    generalized_energy_distance,
+    sample_diversity,
+    sample_set_metrics,
+)
+from .hungarian import HungarianMatchedIoUMetric, hungarian_matched_iou, match_iou
+from .regions import BRATS_REGION_NAMES, BraTSRegionMetrics, brats_regions, compute_brats_region_metrics
+from .seams import plane_differences, seam_ratio, window_borders, window_transitions
+from .uncertainty import UNCERTAINTY_MAP_KEYS, StreamingUncertaintyMaps, uncertainty_maps
+from .utils import pairwise_distance, pairwise_iou, set_iou_blocks

@@ -4,3 +4,4 @@
 from __future__ import annotations
 
 from .annotators import RandAnnotator, RandAnnotatord, StackAnnotators, StackAnnotatorsd
+from .uncertainty import UncertaintyMapsD, UncertaintyMapsd, UncertaintyMapsDict

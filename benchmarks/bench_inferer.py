@@ -1,0 +1,217 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Whole-volume sampling cost of StochasticSlidingWindowInferer vs one deterministic sliding-window pass.
+
+On a 4 x 240 x 240 x 155 BraTS-like phantom (skull-stripped: the air is zero, as BraTS is distributed), for the
+SSN (rank 10, MONAI UNet backbone 32..256) and the Probabilistic U-Net (32, 64, 128, 192), all timed in one run:
+
+- ``deterministic``: one ``monai.inferers.sliding_window_inference`` pass of the network's eval forward (the
+  same backbone, the best single answer);
+- ``coherent``: ``--samples`` samples plus all maps with the stochastic inferer (one distribution() pass, then the
+  cheap sampler on the voxels that need it: ``sample_roi="nonzero"`` and the network's ``sampling_mask``);
+- ``naive``: the N-pass approach (a full sliding-window pass per sample, every window its own noise), measured
+  with ``--naive-samples`` samples and reported per sample and extrapolated to ``--samples``;
+- peak memory (max RSS of a fresh process) of the coherent inferer with ``keep_samples=False`` for 10 and for
+  ``--samples`` samples.
+
+Run::
+
+    python benchmarks/bench_inferer.py                       # the full benchmark (several minutes)
+    python benchmarks/bench_inferer.py --size 96 96 64 --samples 20 --naive-samples 1 --name inferer_smoke
+
+Writes ``benchmarks/results/inferer.json`` and ``inferer.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine_info, md_table, write_results  # noqa: E402
+
+from monai_probseg.data.synthetic import brats_phantom  # noqa: E402
+from monai_probseg.inferers import StochasticSlidingWindowInferer  # noqa: E402
+from monai_probseg.networks.nets import ProbabilisticUNet, StochasticSegmentationNetwork  # noqa: E402
+
+logger = logging.getLogger("bench_inferer")
+
+
+def build(name: str, weights: str | None) -> torch.nn.Module:
+    if name == "ssn":
+        net = StochasticSegmentationNetwork(3, 4, 4, rank=10)
+    elif name == "prob_unet":
+        net = ProbabilisticUNet(3, 4, 4, latent_dim=6, channels=(32, 64, 128, 192))
+    else:
+        raise ValueError(f"unknown model {name}")
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("network", state) if isinstance(state, dict) else state)
+    return net.eval()
+
+
+def phantom(size, seed=0) -> torch.Tensor:
+    case = brats_phantom(tuple(size), num_raters=1, seed=seed)
+    image = case["image"] * case["brain"][None]  # skull-stripped, like BraTS
+    image = torch.from_numpy(np.ascontiguousarray(image)).float()
+    for c in range(image.shape[0]):  # NormalizeIntensity(nonzero=True, channel_wise=True)
+        fg = image[c] != 0
+        image[c][fg] = (image[c][fg] - image[c][fg].mean()) / image[c][fg].std().clamp_min(1e-8)
+    return image[None]
+
+
+def make_inferer(args, num_samples, sampling="shared"):
+    return StochasticSlidingWindowInferer(
+        roi_size=args.roi,
+        sw_batch_size=1,
+        overlap=0.25,
+        mode="gaussian",
+        num_samples=num_samples,
+        sample_batch_size=args.sample_batch_size,
+        outputs=("seg", "prob", "entropy", "mutual_info", "variance"),
+        seed=0,
+        sample_roi="nonzero" if sampling == "shared" else None,
+        sampling=sampling,
+    )
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def memory_probe(args) -> None:
+    """Run the coherent inferer once in this (fresh) process and print its peak RSS in MiB as JSON."""
+    torch.set_num_threads(args.threads)
+    net = build(args.memory_probe_model, args.weights.get(args.memory_probe_model))
+    x = phantom(args.size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with torch.no_grad():
+        make_inferer(args, args.memory_probe)(x, net)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": peak, "before_mib": before}))
+
+
+def probe_memory(args, model: str, num_samples: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", str(num_samples), "--memory-probe-model", model]
+    cmd += ["--size", *map(str, args.size), "--roi", *map(str, args.roi), "--threads", str(args.threads)]
+    cmd += ["--sample-batch-size", str(args.sample_batch_size)]
+    for key, path in args.weights.items():
+        cmd += [f"--{key.replace('_', '-')}-weights", path]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ssn", "prob_unet"], choices=["ssn", "prob_unet"])
+    parser.add_argument("--size", type=int, nargs=3, default=[240, 240, 155])
+    parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 96])
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--naive-samples", type=int, default=2)
+    parser.add_argument("--sample-batch-size", type=int, default=4)
+    parser.add_argument("--ssn-weights", default=None, help="state dict for the SSN (optional)")
+    parser.add_argument("--prob-unet-weights", default=None, help="state dict for the PU-Net (optional)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--name", default="inferer")
+    parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe-model", default="ssn", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.weights = {k: v for k, v in (("ssn", args.ssn_weights), ("prob_unet", args.prob_unet_weights)) if v}
+    if args.memory_probe:
+        memory_probe(args)
+        return {}
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    x = phantom(args.size)
+    brain_fraction = float((x != 0).any(1).float().mean())
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        net = build(name, args.weights.get(name))
+        with torch.no_grad():
+            net(x[..., : args.roi[0], : args.roi[1], : args.roi[2]])  # warm-up (allocator, kernels)
+            t_det, _ = timed(
+                lambda net=net: sliding_window_inference(x, args.roi, 1, net, overlap=0.25, mode="gaussian")
+            )
+            logger.info("%s deterministic pass: %.1f s", name, t_det)
+            t_coh, out = timed(lambda net=net: make_inferer(args, args.samples)(x, net))
+            logger.info("%s coherent %d samples + maps: %.1f s", name, args.samples, t_coh)
+            t_naive, _ = timed(lambda net=net: make_inferer(args, args.naive_samples, sampling="per_window")(x, net))
+            logger.info("%s naive %d samples: %.1f s", name, args.naive_samples, t_naive)
+            maps = net.distribution(x[..., : args.roi[0], : args.roi[1], : args.roi[2]])
+            mask_fn = getattr(net, "sampling_mask", None)
+            window_mask = mask_fn(maps) if callable(mask_fn) else None
+        per_naive = t_naive / args.naive_samples
+        row = {
+            "model": name,
+            "deterministic_s": t_det,
+            "coherent_s": t_coh,
+            "coherent_over_deterministic": t_coh / t_det,
+            "naive_per_sample_s": per_naive,
+            "naive_extrapolated_s": per_naive * args.samples,
+            "naive_over_deterministic": per_naive * args.samples / t_det,
+            "mean_entropy_in_brain": float(out["entropy"][(x != 0).any(1, keepdim=True)].mean()),
+            "weights": args.weights.get(name, "untrained (random init)"),
+            "sampling_mask_fraction_first_window": float(window_mask.float().mean()) if window_mask is not None else "",
+        }
+        if not args.no_memory:
+            m_small = probe_memory(args, name, 10)
+            m_large = probe_memory(args, name, args.samples)
+            row.update(
+                peak_rss_mib_10=m_small["peak_rss_mib"],
+                peak_rss_mib_n=m_large["peak_rss_mib"],
+                peak_rss_ratio=m_large["peak_rss_mib"] / m_small["peak_rss_mib"],
+            )
+        rows.append(row)
+        logger.info("%s: %s", name, row)
+
+    results = {
+        "machine": machine_info(),
+        "args": {k: v for k, v in vars(args).items()},
+        "brain_fraction": brain_fraction,
+        "rows": rows,
+    }
+    cols = [
+        "model",
+        "deterministic_s",
+        "coherent_s",
+        "coherent_over_deterministic",
+        "naive_extrapolated_s",
+        "naive_over_deterministic",
+        "peak_rss_mib_10",
+        "peak_rss_mib_n",
+        "peak_rss_ratio",
+    ]
+    md = (
+        f"# Whole-volume sampling: {args.samples} samples of a 4x{'x'.join(map(str, args.size))} phantom\n\n"
+        f"roi {args.roi}, overlap 0.25, gaussian blending, {args.threads} CPU threads, brain (non-zero) fraction "
+        f"{brain_fraction:.3f}. Times in seconds, one run each, all in the same process.\n\n"
+        + md_table(rows, cols)
+        + f"\n\n`naive_extrapolated_s`: measured with {args.naive_samples} samples (a full pass each), times "
+        f"{args.samples}/{args.naive_samples}. `peak_rss_mib_*`: max RSS of a fresh process running the coherent "
+        f"inferer (keep_samples=False) with 10 and {args.samples} samples.\n\n"
+        + f"Command: `python benchmarks/bench_inferer.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+    )
+    paths = write_results(args.name, results, md)
+    logger.info("wrote %s", ", ".join(paths))
+    return results
+
+
+if __name__ == "__main__":
+    main()

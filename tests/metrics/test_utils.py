@@ -1,0 +1,55 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monai_probseg.metrics.utils import as_label_maps, nan_mean, pairwise_distance, pairwise_iou
+
+
+def test_pairwise_iou_hand_values():
+    a = torch.tensor([[[1, 1, 0, 2]], [[0, 0, 0, 0]]]).reshape(1, 2, 4)
+    b = torch.tensor([[[1, 0, 0, 2]]]).reshape(1, 1, 4)
+    iou = pairwise_iou(a, b, num_classes=3)
+    assert iou.shape == (1, 2, 1, 2)
+    # a0 vs b: class 1 -> 1/2, class 2 -> 1; a1 (empty) vs b: 0, 0
+    torch.testing.assert_close(iou[0, :, 0], torch.tensor([[0.5, 1.0], [0.0, 0.0]]))
+    with_bg = pairwise_iou(a, b, num_classes=3, include_background=True)
+    torch.testing.assert_close(with_bg[0, 0, 0], torch.tensor([0.5, 0.5, 1.0]))  # background {2} vs {1, 2}
+    # class 2 absent from both a1 and an all-background mask
+    empty = torch.zeros(1, 1, 4, dtype=torch.long)
+    torch.testing.assert_close(pairwise_iou(a, empty, 3)[0, 1, 0], torch.tensor([1.0, 1.0]))
+    assert pairwise_iou(a, empty, 3, empty_both="nan")[0, 1, 0].isnan().all()
+    d = pairwise_distance(a, empty, 3, empty_both="nan")
+    assert d[0, 0, 0].item() == pytest.approx(1.0) and math.isnan(d[0, 1, 0].item())
+
+
+def test_pairwise_iou_exact_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 2, (1, 3, 40, 40), generator=g)
+    ref = pairwise_iou(a, a, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pairwise_iou(a, a, 2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.diagonal(got[0, ..., 0]), torch.ones(3))
+
+
+def test_as_label_maps():
+    probs = torch.tensor([0.2, 0.7]).reshape(1, 2, 1, 1, 1)  # sigmoid probabilities, one channel
+    assert as_label_maps(probs, "x", spatial_ndim=2).flatten().tolist() == [0, 1]
+    scores = torch.randn(1, 2, 3, 4, 4)
+    torch.testing.assert_close(as_label_maps(scores, "x"), scores.argmax(2))
+    torch.testing.assert_close(as_label_maps(scores.argmax(2).float(), "x", spatial_ndim=2), scores.argmax(2))
+    with pytest.raises(ValueError, match="spatial dims"):
+        as_label_maps(torch.zeros(2, 3, 4), "x")
+
+
+def test_nan_mean():
+    x = torch.tensor([[1.0, float("nan"), 3.0], [float("nan")] * 3])
+    out = nan_mean(x, dim=1)
+    assert out[0].item() == 2.0 and math.isnan(out[1].item())
