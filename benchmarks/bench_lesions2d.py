@@ -22,6 +22,7 @@ Writes ``benchmarks/results/lesions2d.json`` and ``lesions2d.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -53,7 +54,7 @@ def build(name: str, channels: tuple[int, ...]) -> tuple[torch.nn.Module, torch.
         return UNet(2, 1, 2, channels=channels, strides=strides, num_res_units=2), None, 1e-3
     if name == "prob_unet":
         # Kohl et al. 2018: latent_dim 6, beta 1, 3 fcomb layers, CE summed over pixels
-        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=1.0), 1e-4
+        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=1.0), 5e-4
     if name == "ssn":
         # Monteiro et al. 2020: rank 10, 20 MC samples (antithetic)
         strides = (2,) * (len(channels) - 1)
@@ -145,7 +146,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="lesions2d", help="results file stem")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows of other models already in the results file (same settings required)",
+    )
     args = parser.parse_args(argv)
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    args.commands = [cmd]
     if args.samples % 4:
         parser.error(f"--samples must be a multiple of the 4 annotators (HM-IoU), got {args.samples}.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -167,9 +175,7 @@ def main(argv=None) -> dict:
     for name in args.models:
         torch.manual_seed(args.seed)
         net, loss_fn, lr = build(name, tuple(args.channels))
-        train_time, losses = train(
-            name, net, loss_fn, lr, images, labels, args.iterations, args.batch_size, args.seed
-        )
+        train_time, losses = train(name, net, loss_fn, lr, images, labels, args.iterations, args.batch_size, args.seed)
         samples = draw(name, net, x_test, args.samples, args.seed)
         row = {"model": name, **evaluate(samples, y_test)}
         t_fwd, t_samples = sampling_cost(name, net, x_test[:8], args.samples)
@@ -186,6 +192,19 @@ def main(argv=None) -> dict:
         rows.append(row)
         logger.info("%s: %s", name, row)
 
+    if args.append:
+        previous = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.name}.json")
+        if os.path.exists(previous):
+            with open(previous) as f:
+                old = json.load(f)
+            same = ("iterations", "batch_size", "size", "train_cases", "test_cases", "samples", "channels", "seed")
+            if any(old["args"].get(k) != vars(args)[k] for k in same):
+                parser.error(f"--append: {previous} was made with other settings: {old['args']}")
+            kept = [r for r in old["rows"] if r["model"] not in {r2["model"] for r2 in rows}]
+            rows = rows[:1] + kept + rows[1:]
+            rows = rows[:1] + sorted(rows[1:], key=lambda r: MODELS.index(r["model"]))
+            args.commands = old["args"].get("commands", []) + [cmd]
+
     oracle_ged = rows[0]["ged"]
     for row in rows[1:]:
         row["ged_over_oracle"] = row["ged"] / oracle_ged
@@ -195,8 +214,16 @@ def main(argv=None) -> dict:
             row["ged_over_unet"] = row["ged"] / det["ged"]
 
     results = {"machine": machine_info(), "args": vars(args), "rows": rows}
-    cols = ["model", "ged", "ged_over_oracle", "ged_over_unet", "hm_iou", "diversity_samples", "train_seconds",
-            "samples_over_forward"]
+    cols = [
+        "model",
+        "ged",
+        "ged_over_oracle",
+        "ged_over_unet",
+        "hm_iou",
+        "diversity_samples",
+        "train_seconds",
+        "samples_over_forward",
+    ]
     md = (
         f"# 2D ambiguous lesions: {args.test_cases} held-out cases, {args.samples} samples, K=4 annotators\n\n"
         f"Training: {args.train_cases} cases of {args.size}x{args.size}, {args.iterations} iterations of batch "
@@ -204,7 +231,9 @@ def main(argv=None) -> dict:
         + md_table(rows, cols)
         + "\n\n`samples_over_forward`: time of "
         + f"{args.samples} samples (one distribution() pass + sampler) / one forward pass, batch of 8.\n\n"
-        + f"Command: `python benchmarks/bench_lesions2d.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+        + "Commands: "
+        + ", ".join(f"`python benchmarks/bench_lesions2d.py {c}`" for c in getattr(args, "commands", [cmd]))
+        + "\n"
     )
     paths = write_results(args.name, results, md)
     logger.info("wrote %s", ", ".join(paths))

@@ -2,3 +2,5 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .ema import EMAHandler, ExponentialMovingAverage

@@ -22,7 +22,7 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import BlendMode, PytorchPadMode, look_up_option
 from tqdm.auto import tqdm
 
-from monai_probseg.metrics.uncertainty import StreamingUncertaintyMaps
+from monai_probseg.metrics import StreamingUncertaintyMaps
 from monai_probseg.utils import check_finite, check_positive_int, make_generator
 
 __all__ = ["StochasticSlidingWindowInferer", "SAMPLE_OUTPUTS"]
@@ -76,6 +76,11 @@ class StochasticSlidingWindowInferer(Inferer):
         padding_mode: padding when the window is larger than the image (MONAI's ``padding_mode``).
         cval: padding value for ``padding_mode="constant"``.
         in_channels: expected number of image channels; by default read from ``network.in_channels`` when present.
+        sample_roi: restrict sampling to a region of interest (for distribution models that have
+            ``mean_logits(maps)``): ``"nonzero"`` samples only where some input channel is non-zero (skull-stripped
+            MRI such as BraTS: the air is zero), a callable ``inputs -> (B, 1, *spatial)`` bool gives the region
+            itself; ``None`` (default) samples everywhere the network's ``sampling_mask`` (if any) asks. Outside the
+            region every sample equals the mean prediction.
         sampling: ``"shared"`` (default) draws one noise per sample for the whole volume. ``"per_window"`` is the
             naive approach, for comparison only: a full sliding-window pass per sample in which every window draws
             its own noise, so a sample is a patchwork of windows (seams), at N times the cost.
@@ -106,6 +111,7 @@ class StochasticSlidingWindowInferer(Inferer):
         padding_mode: PytorchPadMode | str = PytorchPadMode.CONSTANT,
         cval: float = 0.0,
         in_channels: int | None = None,
+        sample_roi: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
         sampling: str = "shared",
     ) -> None:
         super().__init__()
@@ -131,6 +137,9 @@ class StochasticSlidingWindowInferer(Inferer):
         self.padding_mode = look_up_option(padding_mode, PytorchPadMode)
         self.cval = cval
         self.in_channels = in_channels
+        if sample_roi is not None and not callable(sample_roi) and sample_roi != "nonzero":
+            raise ValueError(f"sample_roi must be None, 'nonzero' or a callable, got {sample_roi!r}.")
+        self.sample_roi = sample_roi
         self.sampling = look_up_option(sampling, ("shared", "per_window"))
 
     # ------------------------------------------------------------------ entry point
@@ -272,6 +281,14 @@ class StochasticSlidingWindowInferer(Inferer):
         maps = self._stitched_maps(inputs, network, args, kwargs)
         mask_fn = getattr(network, "sampling_mask", None)
         mask = mask_fn(maps) if callable(mask_fn) else None
+        if self.sample_roi is not None:
+            roi = self._roi(inputs).to(device)
+            mask = roi if mask is None else mask.to(device) & roi
+        if mask is not None and not callable(getattr(network, "mean_logits", None)):
+            raise TypeError(
+                f"{type(network).__name__} has no mean_logits(maps): sampling restricted to a region needs the mean "
+                "prediction for the voxels outside it."
+            )
         if mask is None:
             chunks = (network.sample(maps, n, generator) for n in self._chunk_sizes("sampling"))
             return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
@@ -299,6 +316,15 @@ class StochasticSlidingWindowInferer(Inferer):
                 target = full[key][b].flatten(1)
                 target[:, index] = value[0].flatten(1).to(target.dtype)
         return full
+
+    def _roi(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.sample_roi == "nonzero":
+            return (inputs != 0).any(dim=1, keepdim=True)
+        roi = self.sample_roi(inputs)
+        if not isinstance(roi, torch.Tensor) or roi.shape[0] != inputs.shape[0] or roi.shape[2:] != inputs.shape[2:]:
+            got = tuple(roi.shape) if isinstance(roi, torch.Tensor) else type(roi).__name__
+            raise ValueError(f"sample_roi returned {got}, expected a (B, 1, *spatial) mask for inputs {inputs.shape}.")
+        return roi.bool()
 
     def _per_window_chunks(self, inputs, network, generator, args, kwargs) -> Iterator[torch.Tensor]:
         def one_window_sample(patch: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:

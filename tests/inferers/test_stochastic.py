@@ -8,7 +8,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_probseg.inferers import DeepEnsemble, FlipTTA, StochasticSlidingWindowInferer, mc_dropout
-from monai_probseg.metrics.uncertainty import uncertainty_maps
+from monai_probseg.metrics import uncertainty_maps
 
 
 class ToyDistribution(nn.Module):
@@ -261,3 +261,27 @@ def test_works_as_supervised_evaluator_inferer():
     assert isinstance(out, list) and len(out) == 2
     assert out[0]["pred"]["entropy"].shape == (1, 16, 16)
     assert out[0]["pred"]["prob"].shape == (3, 16, 16)
+
+
+def test_sample_roi_nonzero():
+    torch.manual_seed(0)
+    net = UnmaskedToy(2)
+    net.mean_logits = lambda maps: maps["mean"]
+    x = torch.randn(1, 1, 16, 16)
+    x[..., :, 10:] = 0  # "air" on the right
+    with torch.no_grad():
+        out = StochasticSlidingWindowInferer((8, 8), num_samples=6, keep_samples=True, seed=0, sample_roi="nonzero")(
+            x, net
+        )
+        mean = sliding_window_inference(x, (8, 8), 1, net, overlap=0.25, mode="gaussian")
+    assert float(out["variance"][..., 10:].abs().max()) == 0.0
+    torch.testing.assert_close(out["prob"][..., 10:], torch.softmax(mean, 1)[..., 10:], atol=1e-5, rtol=0)
+    assert float(out["mutual_info"][..., :10].max()) > 1e-3
+    custom = StochasticSlidingWindowInferer((8, 8), num_samples=2, seed=0, sample_roi=lambda t: t[:, :1] > 100)
+    with torch.no_grad():
+        none = custom(x, net)
+    assert float(none["variance"].abs().max()) == 0.0  # empty region: nothing sampled
+    with pytest.raises(TypeError, match="mean_logits"):
+        StochasticSlidingWindowInferer((8, 8), num_samples=2, sample_roi="nonzero")(x, UnmaskedToy(2))
+    with pytest.raises(ValueError, match="sample_roi"):
+        StochasticSlidingWindowInferer((8, 8), sample_roi="brain")
