@@ -3,4 +3,5 @@
 
 from __future__ import annotations
 
+from .diffusion import DiffusionPrepareBatch
 from .trainer import LossTermsRecorder, PrepareBatchWithLabel, ProbSegTrainer, loss_terms_transform

@@ -3,5 +3,6 @@
 
 from __future__ import annotations
 
+from .diffusion_seg import DiffusionSegmentation
 from .prob_unet import ProbabilisticUNet, ProbUNet
 from .ssn import SSN, StochasticSegmentationNetwork

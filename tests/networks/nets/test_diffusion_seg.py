@@ -240,3 +240,33 @@ def test_stochastic_inferer_output_dict():
     small = StochasticSlidingWindowInferer((8, 8), num_samples=2, sample_batch_size=2, seed=0)(images, net)
     assert tuple(small["prob"].shape) == (1, 3, 16, 16)
     torch.testing.assert_close(torch.as_tensor(small["prob"]).sum(1), torch.ones(1, 16, 16))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_clip_consistent_output_matches_clipped_x0(prediction_type):
+    net = DiffusionSegmentation(
+        2,
+        1,
+        2,
+        channels=(8, 8, 8),
+        attention_levels=(False, False, False),
+        norm_num_groups=4,
+        prediction_type=prediction_type,
+    )
+    t = 500
+    a = net.ddim_scheduler.alphas_cumprod[t]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    out = 3.0 * torch.randn(2, 1, 8, 8, generator=g)  # implies x0 far outside [-1, 1] in places
+
+    def implied_x0(o):
+        if prediction_type == "epsilon":
+            return (x - (1 - a).sqrt() * o) / a.sqrt()
+        return a.sqrt() * x - (1 - a).sqrt() * o
+
+    fixed = net.clip_consistent_output(out, x, t)
+    x0 = implied_x0(out)
+    assert float(x0.abs().max()) > 1.5
+    torch.testing.assert_close(implied_x0(fixed), x0.clamp(-1, 1), atol=1e-5, rtol=0)
+    inside = x0.abs() <= 1
+    torch.testing.assert_close(fixed[inside], out[inside], atol=1e-4, rtol=0)  # unchanged where nothing clips
