@@ -158,7 +158,9 @@ class StochasticSlidingWindowInferer(Inferer):
         """
         self._check_inputs(inputs, network)
         device = torch.device(self.device) if self.device is not None else inputs.device
-        generator = make_generator(self.seed, device)
+        # samples are drawn where the network runs (sw_device), then summarised on `device`
+        sample_device = torch.device(self.sw_device) if self.sw_device is not None else device
+        generator = make_generator(self.seed, sample_device)
 
         if isinstance(network, (list, tuple)):
             from monai_probseg.inferers.baselines import DeepEnsemble
@@ -278,12 +280,13 @@ class StochasticSlidingWindowInferer(Inferer):
     def _sample_distribution(
         self, inputs: torch.Tensor, network: Any, generator: torch.Generator | None, device: torch.device, args, kwargs
     ) -> dict[str, torch.Tensor]:
-        maps = self._stitched_maps(inputs, network, args, kwargs)
+        sample_device = torch.device(self.sw_device) if self.sw_device is not None else device
+        maps = {k: v.to(sample_device) for k, v in self._stitched_maps(inputs, network, args, kwargs).items()}
         mask_fn = getattr(network, "sampling_mask", None)
         mask = mask_fn(maps) if callable(mask_fn) else None
         if self.sample_roi is not None:
-            roi = self._roi(inputs).to(device)
-            mask = roi if mask is None else mask.to(device) & roi
+            roi = self._roi(inputs).to(sample_device)
+            mask = roi if mask is None else mask.to(sample_device) & roi
         if mask is not None and not callable(getattr(network, "mean_logits", None)):
             raise TypeError(
                 f"{type(network).__name__} has no mean_logits(maps): sampling restricted to a region needs the mean "
@@ -314,7 +317,7 @@ class StochasticSlidingWindowInferer(Inferer):
             part = self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
             for key, value in part.items():
                 target = full[key][b].flatten(1)
-                target[:, index] = value[0].flatten(1).to(target.dtype)
+                target[:, index.to(target.device)] = value[0].flatten(1).to(target.dtype)
         return full
 
     def _roi(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -346,7 +349,7 @@ class StochasticSlidingWindowInferer(Inferer):
             )
         passes: Sequence[Callable] = list(members) if members is not None else [network] * self.num_samples
         window_fn = self._window_fn(args, kwargs)
-        rng = _forked_rng(self.seed, inputs.device)
+        rng = _forked_rng(self.seed, torch.device(self.sw_device) if self.sw_device is not None else inputs.device)
         with rng:
             for start in tqdm(
                 range(0, len(passes), self.sample_batch_size),
