@@ -21,6 +21,7 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m monai.bundle run --config_file bundles/brats_ssn/configs/inference.json --output_dir $(DEMO_OUT)
 	$(PY) -m monai_probseg.demo --output_dir $(DEMO_OUT)
 
 lint: $(STAMP)

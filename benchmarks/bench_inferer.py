@@ -107,7 +107,8 @@ def memory_probe(args) -> None:
 
 def probe_memory(args, model: str, num_samples: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", str(num_samples), "--memory-probe-model", model]
-    cmd += ["--size", *map(str, args.size), "--roi", *map(str, args.roi), "--threads", str(args.threads)]
+    size = args.memory_size or args.size
+    cmd += ["--size", *map(str, size), "--roi", *map(str, args.roi), "--threads", str(args.threads)]
     cmd += ["--sample-batch-size", str(args.sample_batch_size)]
     for key, path in args.weights.items():
         cmd += [f"--{key.replace('_', '-')}-weights", path]
@@ -127,6 +128,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--prob-unet-weights", default=None, help="state dict for the PU-Net (optional)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--memory-size", type=int, nargs=3, default=None, help="volume size of the peak-memory runs (default: --size)"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (no timing)")
     parser.add_argument("--name", default="inferer")
     parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe-model", default="ssn", help=argparse.SUPPRESS)
@@ -137,6 +142,35 @@ def main(argv=None) -> dict:
         return {}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+
+    if args.memory_only:
+        rows = []
+        for name in args.models:
+            small, large = probe_memory(args, name, 10), probe_memory(args, name, args.samples)
+            rows.append(
+                {
+                    "model": name,
+                    "before_mib": small["before_mib"],
+                    "peak_rss_mib_10": small["peak_rss_mib"],
+                    "peak_rss_mib_n": large["peak_rss_mib"],
+                    "peak_rss_ratio": large["peak_rss_mib"] / small["peak_rss_mib"],
+                }
+            )
+            logger.info("%s: %s", name, rows[-1])
+        size = "x".join(map(str, args.memory_size or args.size))
+        md = (
+            f"# Peak memory of whole-volume sampling: 10 vs {args.samples} samples, 4x{size} phantom\n\n"
+            "Max RSS (MiB) of a fresh process that loads the network and runs the coherent inferer once with "
+            f"keep_samples=False; roi {args.roi}, sample_batch_size {args.sample_batch_size}, {args.threads} threads."
+            "\n\n"
+            + md_table(rows, ["model", "before_mib", "peak_rss_mib_10", "peak_rss_mib_n", "peak_rss_ratio"])
+            + "\n\nCommand: `python benchmarks/bench_inferer.py "
+            + " ".join(argv if argv is not None else sys.argv[1:])
+            + "`\n"
+        )
+        paths = write_results(args.name, {"machine": machine_info(), "args": vars(args), "rows": rows}, md)
+        logger.info("wrote %s", ", ".join(paths))
+        return {"rows": rows}
 
     x = phantom(args.size)
     brain_fraction = float((x != 0).any(1).float().mean())
@@ -205,7 +239,8 @@ def main(argv=None) -> dict:
         + md_table(rows, cols)
         + f"\n\n`naive_extrapolated_s`: measured with {args.naive_samples} samples (a full pass each), times "
         f"{args.samples}/{args.naive_samples}. `peak_rss_mib_*`: max RSS of a fresh process running the coherent "
-        f"inferer (keep_samples=False) with 10 and {args.samples} samples.\n\n"
+        f"inferer (keep_samples=False) with 10 and {args.samples} samples, on a "
+        f"{'x'.join(map(str, args.memory_size or args.size))} volume.\n\n"
         + f"Command: `python benchmarks/bench_inferer.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
     )
     paths = write_results(args.name, results, md)

@@ -1,11 +1,15 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""The main job until the bundles exist: write the synthetic data sets and print what was written.
+"""Report of the main job: where the NIfTI outputs of a bundle's inference are, and what they hold.
 
-``python -m monai_probseg.demo --output_dir DIR`` writes BraTS 2023-style multimodal phantoms with several
-raters (``DIR/brats``) and the 2D ambiguous-lesion set with its exact mask distributions (``DIR/lesions2d``),
-reads them back and prints a short summary.
+``make demo`` runs the ``brats_ssn`` bundle on synthetic phantoms::
+
+    python -m monai.bundle run --config_file bundles/brats_ssn/configs/inference.json --output_dir demo_output
+
+then ``python -m monai_probseg.demo --output_dir demo_output``, which reads ``inference_summary.json``, checks
+that every output loads in nibabel and SimpleITK with its input's affine, scores the mean segmentation against
+the phantom's consensus label (BraTS region Dice) and prints where everything is.
 """
 
 from __future__ import annotations
@@ -13,206 +17,127 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
 
-from monai_probseg.data.synthetic import (
-    MODALITIES,
-    match_modes,
-    read_lesion_modes,
-    write_ambiguous_lesions_2d,
-    write_brats_phantoms,
-)
-from monai_probseg.data.synthetic._common import MIN_SIZE
-from monai_probseg.data.synthetic.cli import OneLineErrorParser, int_at_least
+from monai_probseg.data.synthetic.cli import OneLineErrorParser
+from monai_probseg.metrics import BRATS_REGION_NAMES, compute_brats_region_metrics
 
-__all__ = ["run_demo", "format_summary", "main"]
+__all__ = ["summarise_outputs", "format_report", "main"]
 
 logger = logging.getLogger(__name__)
 
 
-def _entries(datalist: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for key in ("training", "validation", "test") for e in datalist.get(key, [])]
+def _same_space_sitk(output: str, reference: str) -> bool:
+    import SimpleITK as sitk
+
+    out, ref = sitk.ReadImage(output), sitk.ReadImage(reference)
+    dim = ref.GetDimension()
+    direction = np.reshape(out.GetDirection(), (out.GetDimension(),) * 2)[:dim, :dim]
+    return bool(
+        np.allclose(out.GetOrigin()[:dim], ref.GetOrigin(), atol=1e-4)
+        and np.allclose(out.GetSpacing()[:dim], ref.GetSpacing(), atol=1e-4)
+        and np.allclose(direction, np.reshape(ref.GetDirection(), (dim, dim)), atol=1e-4)
+    )
 
 
-def run_demo(
-    output_dir: str | os.PathLike,
-    num_cases: int = 2,
-    spatial_size: Sequence[int] = (64, 64, 64),
-    num_raters: int = 3,
-    num_lesion_cases: int = 8,
-    lesion_size: Sequence[int] = (128, 128),
-    num_annotators: int = 4,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Write both synthetic data sets under ``output_dir``, read them back and return a summary.
+def summarise_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a bundle run's ``inference_summary.json`` and check and score its outputs.
 
     Args:
-        output_dir: output folder; ``brats/`` and ``lesions2d/`` are written inside.
-        num_cases: number of BraTS-like phantoms.
-        spatial_size: phantom size ``(X, Y, Z)``.
-        num_raters: raters per phantom.
-        num_lesion_cases: number of 2D lesion cases.
-        lesion_size: 2D image size ``(H, W)``.
-        num_annotators: annotators per 2D case.
-        seed: random seed of both sets.
+        output_dir: the ``--output_dir`` of the inference run.
 
     Returns:
-        a dict with ``"brats"`` (datalist path, split sizes, per-case shapes and label voxel counts of the consensus
-        and of each rater) and ``"lesions2d"`` (datalist path, modes per case, mode probabilities, whether every
-        annotator mask on disk is one of the modes), and ``"seconds"``.
+        ``{"output_dir", "cases": [{"case_id", "shape", "seconds", "mean_entropy", "volumes", "files": {key: (path,
+        shape)}, "affine_ok", "sitk_ok", "dice": {region: value} or None}], "failed"}``.
+
+    Raises:
+        FileNotFoundError: when ``output_dir`` has no ``inference_summary.json``.
 
     Example::
 
-        summary = run_demo("/tmp/demo", num_cases=1, spatial_size=(32, 32, 32), num_lesion_cases=2)
-        print(format_summary(summary))
+        report = summarise_outputs("demo_output")
+        print(format_report(report))
     """
-    import nibabel as nib
-
-    start = time.perf_counter()
     root = os.path.abspath(os.fspath(output_dir))
-    brats_list = write_brats_phantoms(os.path.join(root, "brats"), num_cases, spatial_size, num_raters, seed)
-    lesion_list = write_ambiguous_lesions_2d(
-        os.path.join(root, "lesions2d"), num_lesion_cases, lesion_size, num_annotators, seed
-    )
-
-    with open(brats_list) as f:
-        blist = json.load(f)
-    base = os.path.dirname(brats_list)
+    path = os.path.join(root, "inference_summary.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"'{path}' does not exist: run the bundle first, e.g. python -m monai.bundle run --config_file "
+            f"bundles/brats_ssn/configs/inference.json --output_dir {output_dir}"
+        )
+    with open(path) as f:
+        summary = json.load(f)
     cases = []
-    for e in _entries(blist):
-        first = nib.load(os.path.join(base, e["image"][0]))
-        seg = np.asarray(nib.load(os.path.join(base, e["label"])).dataobj)
-        raters = [np.asarray(nib.load(os.path.join(base, r)).dataobj) for r in e["raters"]]
-        cases.append(
-            {
-                "case_id": e["case_id"],
-                "shape": tuple(int(s) for s in first.shape),
-                "seg_counts": np.bincount(seg.ravel(), minlength=4)[:4].tolist(),
-                "rater_counts": [np.bincount(r.ravel(), minlength=4)[:4].tolist() for r in raters],
-            }
-        )
-
-    with open(lesion_list) as f:
-        llist = json.load(f)
-    base = os.path.dirname(lesion_list)
-    num_modes, probs, p_empty, all_modes = [], [], [], True
-    for e in _entries(llist):
-        case = read_lesion_modes(os.path.join(base, e["modes"]))
-        num_modes.append(len(case["modes"]))
-        probs.extend(p for _, p in case["modes"])
-        p_empty.append(float(case["params"].get("p_empty", 0.0)))
-        annots = np.stack([np.asarray(nib.load(os.path.join(base, a)).dataobj) for a in e["label"]])
-        all_modes &= bool((match_modes(annots, case) >= 0).all())
-
-    return {
-        "brats": {
-            "datalist": brats_list,
-            "split": [len(blist[k]) for k in ("training", "validation", "test")],
-            "num_raters": num_raters,
-            "cases": cases,
-        },
-        "lesions2d": {
-            "datalist": lesion_list,
-            "split": [len(llist[k]) for k in ("training", "validation", "test")],
-            "num_cases": len(num_modes),
-            "size": tuple(int(s) for s in lesion_size),
-            "num_annotators": num_annotators,
-            "num_modes": num_modes,
-            "mode_probability_range": (float(min(probs)), float(max(probs))),
-            "p_empty_range": (float(min(p_empty)), float(max(p_empty))),
-            "annotators_are_modes": all_modes,
-        },
-        "seconds": time.perf_counter() - start,
-    }
+    for case in summary["cases"]:
+        reference = case["inputs"]["image"][0]
+        ref = nib.load(reference)
+        files, affine_ok, sitk_ok = {}, True, True
+        for key, out_path in case["outputs"].items():
+            img = nib.load(out_path)
+            files[key] = (out_path, tuple(int(s) for s in img.shape))
+            affine_ok &= bool(np.allclose(img.affine, ref.affine, atol=1e-4))
+            sitk_ok &= _same_space_sitk(out_path, reference)
+        dice = None
+        label = case["inputs"].get("label")
+        if label and "seg" in case["outputs"] and len(case["shape"]) == 3:
+            seg = torch.as_tensor(np.asarray(nib.load(case["outputs"]["seg"]).dataobj).astype(np.int64))
+            ref_label = torch.as_tensor(np.rint(np.asarray(nib.load(label).dataobj)).astype(np.int64))
+            scores = compute_brats_region_metrics(seg[None, None], ref_label[None, None], include_hd=False)
+            dice = {name: float(scores["dice"][0, i]) for i, name in enumerate(BRATS_REGION_NAMES)}
+        cases.append({**case, "files": files, "affine_ok": affine_ok, "sitk_ok": sitk_ok, "dice": dice})
+    return {"output_dir": root, "cases": cases, "failed": summary.get("failed", {})}
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable report of :func:`run_demo`'s summary."""
-    b, lz = summary["brats"], summary["lesions2d"]
-    shape = "x".join(map(str, b["cases"][0]["shape"])) if b["cases"] else "-"
-    lines = [
-        f"BraTS-like phantoms: {len(b['cases'])} case(s), modalities {', '.join(MODALITIES)} of {shape} voxels, "
-        f"{b['num_raters']} rater(s) + consensus",
-        f"  datalist: {b['datalist']} (training/validation/test: {'/'.join(map(str, b['split']))})",
-    ]
-    for c in b["cases"]:
-        n = c["seg_counts"]
-        edema = [r[2] for r in c["rater_counts"]]
+def format_report(report: dict[str, Any]) -> str:
+    """A short human-readable report of :func:`summarise_outputs`."""
+    lines = [f"NIfTI outputs of {len(report['cases'])} case(s) in {report['output_dir']}:"]
+    for case in report["cases"]:
+        vols = ", ".join(f"{k} {v:.1f} {case.get('volume_unit', '')}" for k, v in case["volumes"].items())
         lines.append(
-            f"  {c['case_id']}: consensus voxels necrotic core={n[1]} edema={n[2]} enhancing={n[3]}; "
-            f"edema per rater {min(edema)}..{max(edema)}"
+            f"  {case['case_id']} ({'x'.join(map(str, case['shape']))}, {case['seconds']:.1f} s): "
+            f"mean entropy {case['mean_entropy']:.4f}; {vols}"
         )
-    lo, hi = lz["mode_probability_range"]
-    lines += [
-        f"2D ambiguous lesions: {lz['num_cases']} case(s) of {'x'.join(map(str, lz['size']))} pixels, "
-        f"{lz['num_annotators']} annotator(s) each",
-        f"  datalist: {lz['datalist']} (training/validation/test: {'/'.join(map(str, lz['split']))})",
-        f"  modes per case {min(lz['num_modes'])}..{max(lz['num_modes'])}, mode probabilities {lo:.3f}..{hi:.3f}, "
-        f"P(empty) {lz['p_empty_range'][0]:.3f}..{lz['p_empty_range'][1]:.3f}",
-        f"  every annotator mask is one of its case's modes: {'yes' if lz['annotators_are_modes'] else 'NO'}",
-        f"done in {summary['seconds']:.1f} s",
-    ]
+        if case["dice"] is not None:
+            lines.append(
+                "    Dice vs the phantom's consensus: " + ", ".join(f"{k} {v:.3f}" for k, v in case["dice"].items())
+            )
+        for key, (path, shape) in case["files"].items():
+            lines.append(f"    {key:<12} {'x'.join(map(str, shape)):<16} {path}")
+        ok = case["affine_ok"] and case["sitk_ok"]
+        lines.append(f"    same space as the input (nibabel affine, SimpleITK origin/spacing/direction): {ok}")
+    for case_id, message in report["failed"].items():
+        lines.append(f"  FAILED {case_id}: {message}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m monai_probseg.demo --output_dir DIR [--cases N --size X Y Z ...]``.
+    """Command line: ``python -m monai_probseg.demo --output_dir DIR``; exit status 1 if an output is wrong.
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``).
 
     Example::
 
-        main(["--output_dir", "/tmp/demo", "--cases", "1", "--size", "32", "32", "32"])
+        main(["--output_dir", "demo_output"])
     """
     parser = OneLineErrorParser(
         prog="python -m monai_probseg.demo",
-        description="Write the synthetic BraTS-like phantoms and the 2D ambiguous-lesion set, print a summary.",
+        description="Check and list the NIfTI outputs of a bundle inference run (inference_summary.json).",
     )
-    parser.add_argument("--output_dir", default="demo_output", help="output folder (default: demo_output)")
-    parser.add_argument("--cases", type=int_at_least(1), default=2, help="BraTS-like phantoms (default: 2)")
-    parser.add_argument(
-        "--size",
-        type=int_at_least(MIN_SIZE),
-        nargs=3,
-        default=[64, 64, 64],
-        metavar=("X", "Y", "Z"),
-        help="phantom size (default: 64 64 64)",
-    )
-    parser.add_argument("--raters", type=int_at_least(1), default=3, help="raters per phantom (default: 3)")
-    parser.add_argument("--lesion_cases", type=int_at_least(1), default=8, help="2D lesion cases (default: 8)")
-    parser.add_argument(
-        "--lesion_size",
-        type=int_at_least(MIN_SIZE),
-        nargs=2,
-        default=[128, 128],
-        metavar=("H", "W"),
-        help="2D image size (default: 128 128)",
-    )
-    parser.add_argument("--annotators", type=int_at_least(1), default=4, help="annotators per 2D case (default: 4)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: 0)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print the summary")
+    parser.add_argument("--output_dir", default="demo_output", help="the run's output folder (default: demo_output)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        summary = run_demo(
-            args.output_dir,
-            args.cases,
-            tuple(args.size),
-            args.raters,
-            args.lesion_cases,
-            tuple(args.lesion_size),
-            args.annotators,
-            args.seed,
-        )
-    except ValueError as e:
+        report = summarise_outputs(args.output_dir)
+    except FileNotFoundError as e:
         parser.error(str(e))
-    print(format_summary(summary))
-    return 0
+    print(format_report(report))
+    good = all(c["affine_ok"] and c["sitk_ok"] for c in report["cases"]) and not report["failed"]
+    return 0 if good and report["cases"] else 1
 
 
 if __name__ == "__main__":

@@ -6,39 +6,38 @@ from __future__ import annotations
 import os
 
 import pytest
+from monai.bundle import run
 
-from monai_probseg.demo import main, run_demo
+from monai_probseg.demo import main, summarise_outputs
 
-
-def test_demo_main(tmp_path, capsys):
-    argv = ["--output_dir", str(tmp_path), "--cases", "1", "--size", "32", "32", "24", "--raters", "2"]
-    assert main([*argv, "--lesion_cases", "3", "--lesion_size", "32", "32", "-q"]) == 0
-    out = capsys.readouterr().out
-    assert "BraTS-like phantoms: 1 case(s), modalities t1n, t1c, t2w, t2f of 32x32x24 voxels, 2 rater(s)" in out
-    assert "2D ambiguous lesions: 3 case(s) of 32x32 pixels, 4 annotator(s) each" in out
-    assert "every annotator mask is one of its case's modes: yes" in out
-    assert os.path.join(str(tmp_path), "brats", "datalist.json") in out
-    case = "BraTS-PHANTOM-00000-000"
-    assert os.path.isfile(tmp_path / "brats" / case / f"{case}-seg-rater2.nii.gz")
-    assert os.path.isfile(tmp_path / "lesions2d" / "lesion-00002" / "lesion-00002-modes.npz")
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "brats_ssn", "configs")
 
 
-def test_run_demo_summary(tmp_path):
-    summary = run_demo(tmp_path, 2, (24, 24, 24), 3, 4, (32, 32), 2, seed=1)
-    brats, lesions = summary["brats"], summary["lesions2d"]
-    assert brats["split"] == [2, 0, 0] and lesions["split"] == [2, 1, 1]
-    for case in brats["cases"]:
-        assert case["shape"] == (24, 24, 24)
-        assert sum(case["seg_counts"]) == 24**3 and min(case["seg_counts"][1:]) > 0
-        assert len(case["rater_counts"]) == 3
-    assert lesions["annotators_are_modes"]
-    assert all(2 <= n <= 5 for n in lesions["num_modes"])
-    lo, hi = lesions["mode_probability_range"]
-    assert 0 < lo <= hi < 1
+def test_demo_reports_bundle_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    run(
+        config_file=os.path.join(CONFIG, "inference.json"),
+        logging_file=False,
+        output_dir=str(out),
+        phantom_size=[32, 32, 32],
+        roi_size=[32, 32, 32],
+        num_samples=2,
+        progress=False,
+    )  # no dataset_dir: phantoms are generated, as in `make demo`
+    report = summarise_outputs(out)
+    assert len(report["cases"]) == 2 and report["failed"] == {}
+    for case in report["cases"]:
+        assert case["affine_ok"] and case["sitk_ok"]
+        assert set(case["dice"]) == {"WT", "TC", "ET"} and all(0.0 <= d <= 1.0 for d in case["dice"].values())
+        assert case["files"]["samples"][1] == (32, 32, 32, 2) and case["files"]["prob"][1] == (32, 32, 32, 4)
+    assert main(["--output_dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"NIfTI outputs of 2 case(s) in {out}" in text
+    assert "BraTS-PHANTOM-00000-000_seg.nii.gz" in text and "Dice vs the phantom's consensus: WT" in text
 
 
-def test_demo_bad_input(tmp_path, capsys):
+def test_demo_without_outputs(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["--output_dir", str(tmp_path), "--size", "32", "32", "4"])
+        main(["--output_dir", str(tmp_path)])
     assert err.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert "inference_summary.json' does not exist" in capsys.readouterr().err

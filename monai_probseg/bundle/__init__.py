@@ -1,0 +1,19 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""What MONAI bundles need beyond their configs: data resolution, the per-case inference runner, evaluation files."""
+
+from __future__ import annotations
+
+from .data import DATASET_KINDS, BundleDatalist, CaseError, check_case_files, find_unreadable, scan_case_folders
+from .distributed import (
+    default_backend,
+    distributed_device,
+    gather_objects,
+    init_distributed,
+    partition_items,
+    rank_and_world_size,
+)
+from .evaluation import BRATS_REGIONS, evaluate_case, majority_vote_labels, write_json_atomic, write_metrics
+from .runner import SAVED_OUTPUTS, InferenceFailedError, ProbSegInferenceRunner, save_like
+from .utils import bundle_root, latest_checkpoint, load_weights

@@ -1,0 +1,437 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Where a bundle's cases come from: a BraTS-layout folder, a datalist JSON, or synthetic phantoms made on the fly.
+
+A bundle config names one ``dataset_dir``. :class:`BundleDatalist` turns it into lists of cases in one schema::
+
+    {"case_id": str, "image": [file per modality], "label": consensus file or None, "raters": [files]}
+
+- a **datalist JSON** (MONAI decathlon style, as :func:`monai_probseg.data.write_datalist` and the synthetic
+  generators write): relative paths are relative to the JSON's folder; a ``"label"`` that is a *list* of files is
+  read as the annotators (``"raters"``) with no consensus, the convention of
+  :func:`monai_probseg.data.multi_annotator_datalist`;
+- a **folder**: case folders ``<case>/<case>-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``,
+  ``-seg-rater<k>`` (BraTS 2023 layout, directly under the folder or one level deeper) for ``kind="brats"``;
+  ``<case>/<case>-image.nii.gz`` and ``-annot<k>`` for ``kind="lesions2d"``. A folder without case folders but with
+  a ``datalist.json`` is read as that JSON;
+- **nothing** (``None`` or ``""``): a few synthetic cases are written to a new temporary folder (its path is
+  logged), so a bundle runs in a fresh clone with no data.
+
+Scanning never stops at a bad case: a case folder that lacks a modality still yields an item whose missing file is
+listed under its expected name, so the inference runner reports that case and carries on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from monai_probseg.data.synthetic import MODALITIES, write_ambiguous_lesions_2d, write_brats_phantoms
+
+__all__ = [
+    "DATASET_KINDS",
+    "BundleDatalist",
+    "CaseError",
+    "check_case_files",
+    "find_unreadable",
+    "scan_case_folders",
+]
+
+logger = logging.getLogger(__name__)
+
+_NIFTI_EXTS = (".nii.gz", ".nii")
+
+#: file naming of each kind of data set: modality suffixes (in channel order), consensus suffix, rater prefix
+DATASET_KINDS: dict[str, dict[str, Any]] = {
+    "brats": {"modalities": tuple(MODALITIES), "label": "seg", "rater": "seg-rater", "spatial_dims": 3},
+    "lesions2d": {"modalities": ("image",), "label": None, "rater": "annot", "spatial_dims": 2},
+}
+
+
+class CaseError(ValueError):
+    """A problem with one case's input files (missing, unreadable, inconsistent); the message names what is wrong."""
+
+
+def _find_nifti(folder: str, stem: str) -> str | None:
+    for ext in _NIFTI_EXTS:
+        path = os.path.join(folder, stem + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _kind(kind: str) -> dict[str, Any]:
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"kind must be one of {sorted(DATASET_KINDS)}, got {kind!r}.")
+    return DATASET_KINDS[kind]
+
+
+def _is_case_folder(folder: str, spec: Mapping[str, Any], sep: str) -> bool:
+    name = os.path.basename(folder)
+    stems = [*spec["modalities"], *([spec["label"]] if spec["label"] else [])]
+    return any(_find_nifti(folder, f"{name}{sep}{s}") for s in stems)
+
+
+def scan_case_folders(root: str | os.PathLike, kind: str = "brats", sep: str = "-") -> list[dict[str, Any]]:
+    """List the case folders under ``root`` (or one level deeper), tolerating incomplete cases.
+
+    Args:
+        root: the data folder.
+        kind: ``"brats"`` (``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``, ``-seg-rater<k>``) or
+            ``"lesions2d"`` (``<case>-image``, ``-annot<k>``).
+        sep: separator between the case name and the suffix.
+
+    Returns:
+        items ``{"case_id", "image", "label", "raters"}`` sorted by case; a missing modality file is listed under
+        the name it should have (``<case>/<case>-t2f.nii.gz``) so that the case fails with a clear message later.
+
+    Example::
+
+        items = scan_case_folders("/data/BraTS2023-GLI-Training")
+        items[0]["image"]  # [.../BraTS-GLI-00000-000-t1n.nii.gz, ...-t1c..., ...-t2w..., ...-t2f...]
+    """
+    spec = _kind(kind)
+    root = os.path.abspath(os.fspath(root))
+    folders = []
+    for sub in sorted(e.path for e in os.scandir(root) if e.is_dir()):
+        if _is_case_folder(sub, spec, sep):
+            folders.append(sub)
+            continue
+        folders.extend(
+            s for s in sorted(e.path for e in os.scandir(sub) if e.is_dir()) if _is_case_folder(s, spec, sep)
+        )
+    rater_re = None
+    items = []
+    for folder in folders:
+        case = os.path.basename(folder)
+        image = [
+            _find_nifti(folder, f"{case}{sep}{m}") or os.path.join(folder, f"{case}{sep}{m}.nii.gz")
+            for m in spec["modalities"]
+        ]
+        label = _find_nifti(folder, f"{case}{sep}{spec['label']}") if spec["label"] else None
+        rater_re = re.compile(re.escape(f"{case}{sep}{spec['rater']}") + r"(\d+)\.nii(?:\.gz)?")
+        raters = {}
+        for entry in os.scandir(folder):
+            m = rater_re.fullmatch(entry.name)
+            if m:
+                raters[int(m.group(1))] = entry.path
+        items.append({"case_id": case, "image": image, "label": label, "raters": [raters[k] for k in sorted(raters)]})
+    return items
+
+
+def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[str, Any]:
+    """One datalist entry in the common schema, with absolute paths."""
+    if not isinstance(item, Mapping) or "image" not in item:
+        raise ValueError(f"{where}: expected a dict with an 'image' entry, got {item!r}.")
+
+    def absolute(p: Any) -> str:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ValueError(f"{where}: expected file paths, got {p!r}.")
+        p = os.path.expanduser(os.fspath(p))
+        return os.path.normpath(p if os.path.isabs(p) else os.path.join(base_dir, p))
+
+    image = item["image"]
+    images = [absolute(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
+    label, raters = item.get("label"), item.get("raters")
+    if isinstance(label, (list, tuple)):  # a list of annotator files and no consensus
+        raters = label if raters is None else raters
+        label = None
+    out = dict(item)
+    out["image"] = images
+    out["label"] = absolute(label) if label is not None else None
+    out["raters"] = [absolute(p) for p in (raters or [])]
+    if not out.get("case_id"):
+        out["case_id"] = _case_id_from_path(images[0])
+    return out
+
+
+def _case_id_from_path(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in _NIFTI_EXTS:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    # BraTS-style "<case>-t1n" -> "<case>"; a plain file name is kept as is
+    for sep in ("-", "_"):
+        head, _, tail = name.rpartition(sep)
+        if head and tail in (*MODALITIES, "t1", "t1ce", "t2", "flair", "image"):
+            return head
+    return name
+
+
+class BundleDatalist:
+    """Resolve a bundle's ``dataset_dir`` into lists of cases, generating synthetic cases when there is none.
+
+    Resolution happens on first use (so a bundle can check its output folder before any work) and is cached.
+
+    Args:
+        dataset_dir: a datalist JSON, a data folder (see the module docstring), or ``None``/``""`` for synthetic
+            cases written to a temporary folder.
+        kind: ``"brats"`` (3D, four MRI modalities, BraTS 2023 labels) or ``"lesions2d"`` (2D, one channel, binary).
+        data_list_key: the list :py:meth:`items` returns by default (``"test"``); when that list is missing or
+            empty, all cases of the data set are used.
+        num_phantoms: number of synthetic cases written when ``dataset_dir`` is empty.
+        phantom_size: their spatial size (default 64^3 for ``"brats"``, 128^2 for ``"lesions2d"``).
+        num_raters: raters (annotators) per synthetic case.
+        seed: seed of the synthetic cases (the embedded weights were trained on seed 0; the default 1 gives unseen
+            cases).
+        phantom_split: (training, validation, test) fractions of the synthetic cases.
+        phantom_dir: where to write the synthetic cases (default: a new temporary folder).
+        val_fraction: for a scanned folder, the fraction of labelled cases put in ``"validation"`` (the last
+            cases in sorted order).
+
+    Example::
+
+        data = BundleDatalist("/data/BraTS2023")  # or "datalist.json", or None for phantoms
+        for item in data.items():  # the "test" list, or every case if there is none
+            print(item["case_id"], item["image"])
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike | None = None,
+        kind: str = "brats",
+        data_list_key: str = "test",
+        num_phantoms: int = 2,
+        phantom_size: Sequence[int] | None = None,
+        num_raters: int = 3,
+        seed: int = 1,
+        phantom_split: Sequence[float] = (0.6, 0.2, 0.2),
+        phantom_dir: str | os.PathLike | None = None,
+        val_fraction: float = 0.0,
+    ) -> None:
+        self.spec = _kind(kind)
+        self.kind = kind
+        self.dataset_dir = os.fspath(dataset_dir) if dataset_dir not in (None, "") else None
+        self.data_list_key = str(data_list_key)
+        self.num_phantoms = int(num_phantoms)
+        self.phantom_size = phantom_size
+        self.num_raters = int(num_raters)
+        self.seed = int(seed)
+        self.phantom_split = tuple(phantom_split)
+        self.phantom_dir = os.fspath(phantom_dir) if phantom_dir not in (None, "") else None
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+        self.val_fraction = float(val_fraction)
+        self._datalist: dict[str, Any] | None = None
+        self._root: str | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Names of the image channels, in order."""
+        return tuple(self.spec["modalities"])
+
+    @property
+    def root(self) -> str:
+        """The folder the data set lives in (the data folder, the JSON's folder or the synthetic folder)."""
+        self.datalist  # noqa: B018 (resolves)
+        return self._root  # type: ignore[return-value]
+
+    @property
+    def datalist(self) -> dict[str, Any]:
+        """The resolved datalist ``{"training": [...], "validation": [...], "test": [...]}`` (common schema)."""
+        if self._datalist is None:
+            self._datalist = self._resolve()
+        return self._datalist
+
+    def _resolve(self) -> dict[str, Any]:
+        path = self.dataset_dir
+        if path is None:
+            path = self._generate()
+        path = os.path.abspath(os.path.expanduser(path))
+        if os.path.isdir(path):
+            items = scan_case_folders(path, self.kind)
+            if items:
+                self._root = path
+                labelled = [it for it in items if it["label"] or it["raters"]]
+                unlabelled = [it for it in items if not (it["label"] or it["raters"])]
+                num_val = int(round(self.val_fraction * len(labelled)))
+                num_val = min(num_val, max(len(labelled) - 1, 0))
+                split = len(labelled) - num_val
+                logger.info("found %d case(s) in %s", len(items), path)
+                return {"training": labelled[:split], "validation": labelled[split:], "test": unlabelled}
+            json_path = os.path.join(path, "datalist.json")
+            if not os.path.isfile(json_path):
+                expected = ", ".join(f"<case>/<case>-{m}.nii.gz" for m in self.modalities)
+                raise FileNotFoundError(
+                    f"dataset_dir '{path}' holds no case folders ({expected}) and no datalist.json; "
+                    "pass a data folder in that layout or a datalist JSON."
+                )
+            path = json_path
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"dataset_dir '{path}' does not exist: expected a data folder or a datalist JSON.")
+        try:
+            with open(path) as f:
+                content = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"dataset_dir '{path}' is not a valid datalist JSON: {e}") from e
+        base = os.path.dirname(path)
+        if isinstance(content, list):
+            content = {"test": content}
+        if not isinstance(content, Mapping):
+            raise ValueError(f"datalist '{path}' must hold a dict of lists (or a list of items), got {type(content)}.")
+        base = os.path.abspath(os.path.expanduser(content.get("base_dir", base))) if "base_dir" in content else base
+        self._root = base
+        out: dict[str, Any] = {}
+        for key, value in content.items():
+            if isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
+                out[key] = [_normalise_item(v, base, f"datalist '{path}' {key}[{i}]") for i, v in enumerate(value)]
+        logger.info("read datalist %s: %s", path, {k: len(v) for k, v in out.items()})
+        return out
+
+    def _generate(self) -> str:
+        folder = self.phantom_dir or tempfile.mkdtemp(prefix=f"monai_probseg_{self.kind}_")
+        if self.kind == "brats":
+            size = tuple(self.phantom_size) if self.phantom_size is not None else (64, 64, 64)
+            path = write_brats_phantoms(
+                folder, self.num_phantoms, size, self.num_raters, self.seed, split=self.phantom_split
+            )
+        else:
+            size = tuple(self.phantom_size) if self.phantom_size is not None else (128, 128)
+            path = write_ambiguous_lesions_2d(
+                folder, self.num_phantoms, size, self.num_raters, self.seed, split=self.phantom_split
+            )
+        logger.info(
+            "no dataset_dir given: wrote %d synthetic %s case(s) of size %s (seed %d) to %s",
+            self.num_phantoms,
+            self.kind,
+            "x".join(map(str, size)),
+            self.seed,
+            folder,
+        )
+        return path
+
+    def all_items(self) -> list[dict[str, Any]]:
+        """Every case of the data set (all lists, without duplicates), in list order."""
+        seen, out = set(), []
+        for value in self.datalist.values():
+            for item in value:
+                key = tuple(item["image"])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(item)
+        return out
+
+    def items(self, key: str | None = None, fallback_to_all: bool = True) -> list[dict[str, Any]]:
+        """The cases of list ``key`` (default ``data_list_key``), or every case when that list is missing or empty.
+
+        Args:
+            key: the datalist list to use (``"training"``, ``"validation"``, ``"test"``, ...; ``"all"`` for every case).
+            fallback_to_all: return every case when the list is missing or empty (otherwise raise).
+        """
+        key = self.data_list_key if key is None else key
+        if key == "all":
+            return [dict(it) for it in self.all_items()]
+        items = self.datalist.get(key) or []
+        if not items:
+            if not fallback_to_all:
+                raise ValueError(f"the data set has no '{key}' cases; lists found: {sorted(self.datalist)}.")
+            items = self.all_items()
+            logger.info("the data set has no '%s' cases: using all %d case(s)", key, len(items))
+        if not items:
+            raise ValueError(f"the data set '{self.dataset_dir}' has no cases.")
+        return [dict(it) for it in items]
+
+    def training_items(self, key: str = "training") -> list[dict[str, Any]]:
+        """Items for training: ``{"case_id", "image", "label": [rater files]}``; the consensus when there are none.
+
+        Each item's ``"label"`` is the list of annotator files (``StackAnnotatorsd`` stacks them, ``RandAnnotatord``
+        picks one per draw); a case with no raters falls back to ``[consensus]``.
+
+        Args:
+            key: the datalist list (no fallback: an empty list raises).
+        """
+        out = []
+        for item in self.items(key, fallback_to_all=False):
+            raters = item["raters"] or ([item["label"]] if item["label"] else [])
+            if not raters:
+                raise ValueError(f"case '{item['case_id']}' in '{key}' has neither a label nor raters to train on.")
+            out.append({"case_id": item["case_id"], "image": item["image"], "label": raters})
+        return out
+
+    def labelled_items(self, key: str = "validation") -> list[dict[str, Any]]:
+        """Items for validation: ``{"case_id", "image", "label"}``, the consensus file or, without one, the raters.
+
+        Falls back to every case when the list is missing or empty; cases with neither are left out.
+
+        Args:
+            key: the datalist list.
+        """
+        out = []
+        for item in self.items(key):
+            label = item["label"] or (list(item["raters"]) if item["raters"] else None)
+            if label is not None:
+                out.append({"case_id": item["case_id"], "image": item["image"], "label": label})
+        if not out:
+            raise ValueError(f"no case of '{key}' has a label or raters to validate against.")
+        return out
+
+    def input_folders(self) -> list[str]:
+        """Every folder holding an input file, plus the data set's root: folders a bundle must never write into."""
+        folders = {os.path.realpath(self.root)}
+        for item in self.all_items():
+            for p in [*item["image"], *([item["label"]] if item["label"] else []), *item["raters"]]:
+                folders.add(os.path.realpath(os.path.dirname(p)))
+        return sorted(folders)
+
+
+def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: float = 1e-3) -> None:
+    """Check one case's image files before loading: count, existence, readable headers, equal shapes and affines.
+
+    Args:
+        item: ``{"image": [files], ...}``; a single multi-channel file is accepted as well (its channel count is
+            checked after loading).
+        modalities: the expected modality names (their number is the expected number of files).
+        atol: tolerance on the affines.
+
+    Raises:
+        CaseError: with a message naming the file and what was expected.
+    """
+    images = list(item["image"])
+    if len(images) != len(modalities) and not (len(images) == 1 and len(modalities) > 1):
+        raise CaseError(
+            f"lists {len(images)} image file(s), expected {len(modalities)} ({', '.join(modalities)}): "
+            f"{[os.path.basename(p) for p in images]}"
+        )
+    ref = None
+    names = modalities if len(images) == len(modalities) else ["image"]
+    for name, path in zip(names, images):
+        if not os.path.isfile(path):
+            raise CaseError(f"missing {name} file '{path}'")
+        try:
+            img = nib.load(path)  # header only
+        except Exception as e:
+            raise CaseError(f"cannot read the {name} file '{path}': {e}") from e
+        if ref is None:
+            ref = (name, path, img)
+            continue
+        rname, rpath, rimg = ref
+        if tuple(img.shape[:3]) != tuple(rimg.shape[:3]):
+            raise CaseError(
+                f"{name} file '{os.path.basename(path)}' has shape {tuple(img.shape)}, expected {tuple(rimg.shape)} "
+                f"like the {rname} file '{os.path.basename(rpath)}'"
+            )
+        if not np.allclose(img.affine, rimg.affine, atol=atol):
+            raise CaseError(
+                f"{name} file '{os.path.basename(path)}' has affine {np.round(img.affine, 3).tolist()}, expected "
+                f"{np.round(rimg.affine, 3).tolist()} like the {rname} file '{os.path.basename(rpath)}'"
+            )
+
+
+def find_unreadable(paths: Sequence[str]) -> str | None:
+    """Return a message naming the first file whose voxels cannot be read (e.g. a truncated .nii.gz), else None."""
+    for path in paths:
+        try:
+            np.asanyarray(nib.load(path).dataobj)
+        except Exception as e:
+            return f"cannot read '{path}' ({type(e).__name__}: {e}); is the file truncated or corrupt?"
+    return None

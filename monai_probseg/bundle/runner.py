@@ -1,0 +1,469 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""A robust per-case inference runner for bundles: samples and uncertainty maps written as NIfTI in the input space.
+
+For every case the runner checks the input files, applies the bundle's MONAI preprocessing, draws the samples with
+the bundle's inferer (:py:class:`~monai_probseg.inferers.StochasticSlidingWindowInferer`), inverts the spatial
+preprocessing (the bundle's ``Invertd`` postprocessing) and writes, with the affine and header of the case's first
+image file::
+
+    <case>_seg.nii.gz          label map of the mean prediction (uint8)
+    <case>_prob.nii.gz         mean class probabilities, C volumes (float32)
+    <case>_samples.nii.gz      N sample label maps, 4D (uint8)
+    <case>_entropy.nii.gz      predictive entropy (float32)
+    <case>_mutual_info.nii.gz  mutual information between the prediction and the sample (float32)
+    <case>_variance.nii.gz     per-class variance of the sample probabilities, C volumes (float32)
+
+Robustness: a case's files are written into a temporary folder inside ``output_dir`` and moved into place only when
+all of them are complete, so a failure leaves no partial output; a bad case (missing or corrupt file, wrong number of
+modalities, files that disagree in shape or affine) is reported with its name and what is wrong, the other cases
+still run, and the run ends with an error listing the failed cases. The output folder is checked before any work,
+and the runner refuses to write into a folder that holds input files. Under ``torch.distributed`` every rank
+processes its share of the cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_files, find_unreadable
+from monai_probseg.bundle.distributed import gather_objects, partition_items, rank_and_world_size
+from monai_probseg.bundle.evaluation import BRATS_REGIONS, evaluate_case, write_json_atomic, write_metrics
+from monai_probseg.bundle.utils import load_weights
+
+__all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "save_like"]
+
+logger = logging.getLogger(__name__)
+
+#: the maps written per case, in this order
+SAVED_OUTPUTS = ("seg", "prob", "samples", "entropy", "mutual_info", "variance")
+_LABEL_OUTPUTS = ("seg", "samples")
+
+
+class InferenceFailedError(RuntimeError):
+    """Raised at the end of a run in which some cases failed (the others were written)."""
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception of a chain, as ``Type: message`` (MONAI wraps transform errors several times)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}"
+
+
+def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str, dtype: np.dtype | type) -> str:
+    """Write ``array`` as NIfTI with ``reference``'s affine and header (dtype, shape and scaling updated).
+
+    Args:
+        array: ``(*spatial)`` or ``(*spatial, C)`` in the reference's voxel order.
+        reference: the input image whose space the output shares.
+        path: the file to write (``.nii.gz``).
+        dtype: the stored data type.
+
+    Example::
+
+        save_like(seg, nib.load("case-t1n.nii.gz"), "out/case_seg.nii.gz", np.uint8)
+    """
+    spatial_dims = min(len(reference.shape), 3)
+    if tuple(array.shape[:spatial_dims]) != tuple(reference.shape[:spatial_dims]):
+        raise ValueError(
+            f"output of shape {array.shape} does not match the input's spatial shape {reference.shape[:spatial_dims]}."
+        )
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_data_shape(array.shape)
+    zooms = tuple(reference.header.get_zooms()[:spatial_dims]) + (1.0,) * (array.ndim - spatial_dims)
+    header.set_zooms(zooms)
+    header["cal_min"], header["cal_max"] = 0, 0
+    header["descrip"] = b"monai_probseg"
+    image = type(reference)(np.asarray(array, dtype=dtype), reference.affine, header=header)
+    image.header.set_slope_inter(None, None)  # no scaling: the stored values are the values
+    image.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+    image.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    nib.save(image, path)
+    return path
+
+
+class ProbSegInferenceRunner:
+    """Run a bundle's stochastic inference case by case and write the samples and uncertainty maps as NIfTI.
+
+    Use it from a bundle config as ``"run": ["$@runner.run()"]``.
+
+    Args:
+        network: the probabilistic network (eval mode is set here).
+        inferer: called as ``inferer(image (1, C_in, *spatial), network)`` and returning a dict with the maps in
+            ``outputs`` (``StochasticSlidingWindowInferer(..., keep_samples=True)``).
+        data: a :py:class:`~monai_probseg.bundle.BundleDatalist` (resolved after the output folder is checked) or a
+            list of items ``{"case_id", "image": [files], "label", "raters"}``.
+        preprocessing: MONAI transforms applied to ``{"image": [files], ...}`` (load, channel first, orientation,
+            spacing, normalisation), the same object the postprocessing inverts.
+        output_dir: the folder to write to (created if missing); must not be a folder holding input files.
+        postprocessing: applied to ``{"image", <outputs>...}`` to bring the maps back to the input space; default
+            ``Invertd`` of ``preprocessing`` (nearest neighbour for the label maps).
+        checkpoint: weights to load into ``network`` before the first case (``None``: keep the network's weights).
+        device: where the network runs (default: where its parameters are).
+        modalities: names of the input channels, e.g. ``("t1n", "t1c", "t2w", "t2f")``; a case must list one file
+            per modality (or one file with that many channels).
+        outputs: the maps to write (a subset of ``SAVED_OUTPUTS``).
+        regions: label groups whose volume is reported per case (and scored with ``evaluate``), e.g. BraTS
+            ``{"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}``.
+        evaluate: also score every case against its label and raters (region Dice/HD95 of the mean, GED and
+            HM-IoU of the samples, ECE) and write ``metrics.json``/``metrics.csv``; a case without label or raters
+            then fails.
+        progress: show a progress bar over the cases.
+        on_failure: ``"exit"`` ends with ``SystemExit`` (exit status 1, a one-paragraph message, no traceback) when
+            any case failed; ``"raise"`` raises :py:class:`InferenceFailedError`; ``"ignore"`` only logs.
+
+    Example::
+
+        runner = ProbSegInferenceRunner(
+            network=net, inferer=StochasticSlidingWindowInferer((96, 96, 96), num_samples=16, keep_samples=True),
+            data=BundleDatalist("/data/BraTS2023"), preprocessing=pre, output_dir="/tmp/out",
+            modalities=("t1n", "t1c", "t2w", "t2f"),
+        )
+        summary = runner.run()
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Callable[..., Mapping[str, torch.Tensor]],
+        data: BundleDatalist | Sequence[Mapping[str, Any]],
+        preprocessing: Compose,
+        output_dir: str | os.PathLike,
+        postprocessing: Callable | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f"),
+        outputs: Sequence[str] = SAVED_OUTPUTS,
+        regions: Mapping[str, Sequence[int]] = BRATS_REGIONS,
+        evaluate: bool = False,
+        progress: bool = True,
+        on_failure: str = "exit",
+    ) -> None:
+        self.network = network
+        self.inferer = inferer
+        self.data = data
+        self.preprocessing = preprocessing
+        if output_dir in (None, ""):
+            raise ValueError("output_dir is empty: pass --output_dir <folder>.")
+        self.output_dir = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
+        outputs = tuple(outputs)
+        unknown = [k for k in outputs if k not in SAVED_OUTPUTS]
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be some of {SAVED_OUTPUTS}, got {outputs}.")
+        self.outputs = outputs
+        self.postprocessing = postprocessing or Invertd(
+            keys=list(outputs),
+            transform=preprocessing,
+            orig_keys="image",
+            nearest_interp=[k in _LABEL_OUTPUTS for k in outputs],
+            to_tensor=True,
+        )
+        self.checkpoint = os.fspath(checkpoint) if checkpoint not in (None, "") else None
+        self.device = torch.device(device) if device is not None else None
+        self.modalities = tuple(modalities)
+        self.regions = {str(k): tuple(int(v) for v in vals) for k, vals in dict(regions).items()}
+        self.evaluate = bool(evaluate)
+        self.progress = bool(progress)
+        if on_failure not in ("exit", "raise", "ignore"):
+            raise ValueError(f"on_failure must be 'exit', 'raise' or 'ignore', got {on_failure!r}.")
+        self.on_failure = on_failure
+
+    # ------------------------------------------------------------------ checks before any work
+    def _check_not_input_folder(self, folders: Sequence[str]) -> None:
+        out = os.path.realpath(self.output_dir)
+        for folder in folders:
+            if out == os.path.realpath(folder):
+                raise ValueError(
+                    f"output_dir '{self.output_dir}' is an input folder (it holds input files of the data set); "
+                    "the inputs are never modified: choose another --output_dir."
+                )
+
+    def _check_writable(self) -> None:
+        path = self.output_dir
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"output_dir '{path}' exists and is not a folder: choose another --output_dir.")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass  # a real write: os.access is wrong for root and some file systems
+        except OSError as e:
+            raise ValueError(
+                f"output_dir '{path}' cannot be created or written to ({e.strerror or e}): choose another --output_dir."
+            ) from None
+
+    def _items(self) -> list[dict[str, Any]]:
+        if isinstance(self.data, BundleDatalist):
+            generated = self.data.dataset_dir is None
+            if generated:
+                self._check_writable()
+            items = self.data.items()
+            self._check_not_input_folder(self.data.input_folders())
+            if not generated:
+                self._check_writable()
+            return items
+        items = [dict(it) for it in self.data]
+        folders = set()
+        for it in items:
+            for p in [*it["image"], *([it["label"]] if it.get("label") else []), *(it.get("raters") or [])]:
+                folders.add(os.path.dirname(os.path.abspath(p)))
+        self._check_not_input_folder(sorted(folders))
+        self._check_writable()
+        return items
+
+    # ------------------------------------------------------------------ one case
+    def _preprocess(self, item: Mapping[str, Any]) -> MetaTensor:
+        check_case_files(item, self.modalities)
+        try:
+            data = self.preprocessing({"image": list(item["image"]) if len(item["image"]) > 1 else item["image"][0]})
+        except Exception as e:
+            detail = find_unreadable(item["image"]) or _root_cause(e)
+            raise CaseError(f"preprocessing failed: {detail}") from e
+        image = data["image"]
+        expected = len(self.modalities)
+        if image.shape[0] != expected:
+            raise CaseError(
+                f"the image has {image.shape[0]} channel(s) after loading (shape {tuple(image.shape)}), expected "
+                f"{expected} ({', '.join(self.modalities)})"
+            )
+        return image
+
+    def _infer(self, image: MetaTensor) -> dict[str, MetaTensor]:
+        device = self.device if self.device is not None else next(self.network.parameters()).device
+        with torch.no_grad():
+            result = self.inferer(image[None].to(device), self.network)
+        missing = [k for k in self.outputs if k not in result]
+        if missing:
+            raise RuntimeError(
+                f"the inferer returned {sorted(result)}, lacking {missing}: configure it with outputs "
+                "('seg', 'prob', 'entropy', 'mutual_info', 'variance') and keep_samples=True."
+            )
+        data: dict[str, Any] = {"image": image}
+        for key in self.outputs:
+            value = result[key][0].detach().cpu()
+            value = value.as_tensor() if isinstance(value, MetaTensor) else value
+            if key in _LABEL_OUTPUTS:
+                value = value.float()  # resampled by the inversion: integer tensors cannot be interpolated
+            data[key] = MetaTensor(
+                value, meta=copy.deepcopy(image.meta), applied_operations=copy.deepcopy(image.applied_operations)
+            )
+        inverted = self.postprocessing(data)
+        out = {}
+        for key in self.outputs:
+            value = inverted[key]
+            value = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            out[key] = value.round().to(torch.uint8) if key in _LABEL_OUTPUTS else value.float()
+        return out
+
+    def _to_array(self, value: torch.Tensor) -> np.ndarray:
+        arr = value.detach().cpu().numpy()
+        arr = np.moveaxis(arr, 0, -1)  # channel first -> last, as NIfTI stores vectors / 4D series
+        return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+    def _run_case(self, item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float] | None]:
+        start = time.perf_counter()
+        case_id = str(item["case_id"])
+        image = self._preprocess(item)
+        maps = self._infer(image)
+        reference = nib.load(item["image"][0])
+        spatial_dims = image.ndim - 1
+        arrays = {k: self._to_array(v) for k, v in maps.items()}
+        ref_shape = tuple(reference.shape[:spatial_dims])
+        for key, arr in arrays.items():
+            if tuple(arr.shape[:spatial_dims]) != ref_shape:
+                raise RuntimeError(
+                    f"the {key} map has shape {arr.shape} after the inversion, expected the input's {ref_shape}: "
+                    "does the postprocessing invert every spatial preprocessing transform?"
+                )
+        affine = maps[self.outputs[0]].affine if isinstance(maps[self.outputs[0]], MetaTensor) else None
+        if (
+            affine is not None
+            and spatial_dims == 3
+            and not np.allclose(np.asarray(affine), reference.affine, atol=1e-3)
+        ):
+            raise RuntimeError(
+                f"the inverted maps have affine {np.round(np.asarray(affine), 3).tolist()}, expected the input's "
+                f"{np.round(reference.affine, 3).tolist()}."
+            )
+
+        scores = None
+        if self.evaluate:
+            scores = self._evaluate(item, maps, reference, spatial_dims)
+
+        tmp = tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=self.output_dir)
+        try:
+            written = {}
+            for key in self.outputs:
+                dtype = np.uint8 if key in _LABEL_OUTPUTS else np.float32
+                name = f"{case_id}_{key}.nii.gz"
+                save_like(arrays[key], reference, os.path.join(tmp, name), dtype)
+                written[key] = os.path.join(self.output_dir, name)
+            for key in self.outputs:  # every file is complete: move them into place
+                os.replace(os.path.join(tmp, os.path.basename(written[key])), written[key])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        voxel = float(abs(np.linalg.det(reference.affine[:spatial_dims, :spatial_dims])))
+        seg = arrays["seg"] if "seg" in arrays else None
+        volumes = {}
+        if seg is not None:
+            for name, labels in self.regions.items():
+                count = int(np.isin(seg, labels).sum())
+                volumes[name] = count * voxel / (1000.0 if spatial_dims == 3 else 1.0)
+        entropy = float(arrays["entropy"].mean()) if "entropy" in arrays else float("nan")
+        summary = {
+            "case_id": case_id,
+            "shape": list(ref_shape),
+            "seconds": time.perf_counter() - start,
+            "mean_entropy": entropy,
+            "volumes": volumes,
+            "volume_unit": "mL" if spatial_dims == 3 else "mm2",
+            "inputs": {"image": list(item["image"]), "label": item.get("label"), "raters": item.get("raters") or []},
+            "outputs": written,
+        }
+        return summary, scores
+
+    def _evaluate(
+        self, item: Mapping[str, Any], maps: Mapping[str, torch.Tensor], reference: Any, spatial_dims: int
+    ) -> dict[str, float]:
+        def load(path: str, what: str) -> torch.Tensor:
+            try:
+                arr = np.asanyarray(nib.load(path).dataobj)
+            except Exception as e:
+                raise CaseError(f"cannot read the {what} file '{path}': {_root_cause(e)}") from e
+            arr = (
+                arr.reshape(arr.shape[:spatial_dims])
+                if arr.ndim > spatial_dims and arr.size == np.prod(arr.shape[:spatial_dims])
+                else arr
+            )
+            if tuple(arr.shape) != tuple(reference.shape[:spatial_dims]):
+                raise CaseError(
+                    f"the {what} file '{os.path.basename(path)}' has shape {arr.shape}, expected the image's "
+                    f"{tuple(reference.shape[:spatial_dims])}"
+                )
+            return torch.as_tensor(np.rint(arr).astype(np.int64))
+
+        label = load(item["label"], "label") if item.get("label") else None
+        raters = item.get("raters") or []
+        rater_maps = torch.stack([load(p, "rater") for p in raters]) if raters else None
+        if label is None and rater_maps is None:
+            raise CaseError("has no label and no raters to evaluate against")
+        spacing = [float(z) for z in reference.header.get_zooms()[:spatial_dims]]
+        return evaluate_case(
+            maps["seg"][0].long(),
+            maps["prob"],
+            maps["samples"].long(),
+            label,
+            rater_maps,
+            num_classes=int(maps["prob"].shape[0]),
+            regions=self.regions,
+            spacing=spacing,
+        )
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Process every case (this rank's share under torch.distributed); see the class docstring.
+
+        Returns:
+            ``{"cases": [per-case summary], "failed": {case_id: message}, "metrics": {case_id: scores}}`` over all
+            ranks (``metrics`` only with ``evaluate``).
+
+        Raises:
+            ValueError: the output folder is not writable or is an input folder, or the data set cannot be read
+                (before any work; ``SystemExit`` with the message when ``on_failure="exit"``).
+            SystemExit: (``on_failure="exit"``) some cases failed, after all others were written.
+            InferenceFailedError: (``on_failure="raise"``) the same.
+        """
+        if self.evaluate and not {"seg", "prob", "samples"} <= set(self.outputs):
+            raise ValueError(f"evaluate needs the 'seg', 'prob' and 'samples' outputs, got {self.outputs}.")
+        try:
+            items = self._items()
+        except (ValueError, FileNotFoundError) as e:
+            if self.on_failure == "exit":  # a one-line message for the command line, no traceback
+                raise SystemExit(f"error: {e}") from None
+            raise
+        ids = [str(it["case_id"]) for it in items]
+        duplicates = sorted({c for c in ids if ids.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"case ids must be unique (they name the output files), got duplicates {duplicates}.")
+        rank, world = rank_and_world_size()
+        mine = partition_items(items)
+        if self.checkpoint is not None:
+            load_weights(self.network, self.checkpoint)
+        if self.device is not None:
+            self.network.to(self.device)
+        self.network.eval()
+        logger.info(
+            "inference on %d case(s)%s -> %s",
+            len(mine),
+            f" (rank {rank} of {world})" if world > 1 else "",
+            self.output_dir,
+        )
+
+        summaries, failed, metrics = [], {}, {}
+        with logging_redirect_tqdm():
+            for item in tqdm(mine, desc="cases", unit="case", disable=not self.progress):
+                case_id = str(item["case_id"])
+                try:
+                    summary, scores = self._run_case(item)
+                except Exception as e:
+                    message = str(e) if isinstance(e, CaseError) else _root_cause(e)
+                    failed[case_id] = message
+                    logger.error("case '%s' failed: %s", case_id, message)
+                    continue
+                summaries.append(summary)
+                if scores is not None:
+                    metrics[case_id] = scores
+                vols = ", ".join(f"{k} {v:.2f} {summary['volume_unit']}" for k, v in summary["volumes"].items())
+                logger.info(
+                    "%s: shape %s, %.1f s, mean entropy %.4f, %s",
+                    case_id,
+                    "x".join(map(str, summary["shape"])),
+                    summary["seconds"],
+                    summary["mean_entropy"],
+                    vols,
+                )
+
+        gathered = gather_objects((summaries, failed, metrics))
+        summaries = sorted((s for g in gathered for s in g[0]), key=lambda s: ids.index(s["case_id"]))
+        failed = {k: v for g in gathered for k, v in g[1].items()}
+        all_metrics = {k: v for g in gathered for k, v in g[2].items()}
+        metrics = {k: all_metrics[k] for k in ids if k in all_metrics}
+        result: dict[str, Any] = {"cases": summaries, "failed": failed}
+        if rank == 0:
+            write_json_atomic(
+                {"output_dir": self.output_dir, "num_cases": len(items), **result},
+                os.path.join(self.output_dir, "inference_summary.json"),
+            )
+        if self.evaluate:
+            result["metrics"] = metrics
+            if rank == 0:
+                json_path, csv_path = write_metrics(metrics, self.output_dir, extra={"failed": failed})
+                logger.info("metrics of %d case(s): %s, %s", len(metrics), json_path, csv_path)
+        logger.info("wrote the outputs of %d of %d case(s) to %s", len(summaries), len(items), self.output_dir)
+        if failed and self.on_failure != "ignore":
+            lines = "\n".join(f"  {k}: {v}" for k, v in failed.items())
+            message = (
+                f"{len(failed)} of {len(items)} case(s) failed (the others were written to {self.output_dir}):\n{lines}"
+            )
+            if self.on_failure == "raise":
+                raise InferenceFailedError(message)
+            raise SystemExit(message)
+        return result

@@ -1,0 +1,112 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Every bundle: metadata, network I/O, embedded weights, inference on small phantoms, one training iteration."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
+
+from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
+
+from .utils import BUNDLES_DIR, SCHEMA, check_outputs, config
+
+BUNDLES = sorted(d for d in os.listdir(BUNDLES_DIR) if os.path.isfile(config(d, "metadata.json")))
+FILES = ["configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json"]
+FILES += ["configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE", "models/model.pt"]
+
+
+def _small_data(bundle: str, root) -> tuple[str, dict]:
+    """A 2-case data set of the bundle's kind and the config overrides that make a run small."""
+    if bundle.startswith("lesions2d"):
+        path = write_ambiguous_lesions_2d(root, 2, (32, 32), 2, seed=3, split=(0.5, 0.5, 0.0))
+        return path, {"roi_size": [32, 32]}
+    path = write_brats_phantoms(root, 2, (32, 32, 32), 2, seed=3, split=(0.5, 0.5, 0.0))
+    return path, {"roi_size": [32, 32, 32]}
+
+
+def test_bundles_found():
+    assert {"brats_ssn", "brats_prob_unet", "lesions2d_prob_unet"} <= set(BUNDLES)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_layout_and_metadata(bundle, tmp_path):
+    for name in FILES:
+        assert os.path.isfile(os.path.join(BUNDLES_DIR, bundle, name)), name
+    size_mb = os.path.getsize(os.path.join(BUNDLES_DIR, bundle, "models", "model.pt")) / 2**20
+    assert size_mb < 4.0, f"embedded weights are {size_mb:.1f} MB"
+    with open(os.path.join(BUNDLES_DIR, bundle, "LICENSE")) as f:
+        assert "Apache License" in f.read()
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)  # an existing file is not downloaded again: the check runs offline
+    verify_metadata(meta_file=config(bundle, "metadata.json"), filepath=str(schema))
+    with open(config(bundle, "metadata.json")) as f:
+        assert json.load(f)["name"] == bundle
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_net_in_out_and_weights(bundle):
+    meta, infer = config(bundle, "metadata.json"), config(bundle, "inference.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=infer, device="cpu", n=2)
+    parser = ConfigParser()
+    parser.read_config(infer)
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(os.path.join(BUNDLES_DIR, bundle, "models", "model.pt"), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)  # the embedded weights fit the inference network exactly
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_small_phantoms(bundle, tmp_path):
+    datalist, overrides = _small_data(bundle, tmp_path / "data")
+    out = tmp_path / "out"
+    run(
+        config_file=config(bundle, "inference.json"),
+        logging_file=False,
+        dataset_dir=datalist,
+        output_dir=str(out),
+        num_samples=4,
+        progress=False,
+        **overrides,
+    )
+    with open(out / "inference_summary.json") as f:
+        summary = json.load(f)
+    assert len(summary["cases"]) == 2 and summary["failed"] == {}
+    num_classes = ConfigParser.load_config_file(config(bundle, "inference.json"))["num_classes"]
+    for case in summary["cases"]:
+        check_outputs(out, case["case_id"], case["inputs"]["image"][0], num_samples=4, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_one_iteration_and_resume(bundle, tmp_path):
+    datalist, overrides = _small_data(bundle, tmp_path / "data")
+    ckpt = tmp_path / "ckpt"
+    args = dict(
+        config_file=config(bundle, "train.json"),
+        logging_file=False,
+        dataset_dir=datalist,
+        ckpt_dir=str(ckpt),
+        log_dir=str(tmp_path / "runs"),
+        max_epochs=1,
+        epoch_length=1,
+        val_interval=1,
+        **overrides,
+    )
+    run(**args)
+    assert os.path.isfile(ckpt / "model.pt")  # the best validation metric's weights
+    assert [os.path.basename(p) for p in glob.glob(str(ckpt / "checkpoint*.pt"))] == [
+        "checkpoint_checkpoint_epoch=1.pt"
+    ]
+    assert glob.glob(str(tmp_path / "runs" / "events.out.tfevents.*"))
+    run(**{**args, "max_epochs": 2, "resume": True})  # continues at epoch 2
+    # a fresh run would have replaced epoch 1's checkpoint; the resumed one trained epoch 2 only, next to it
+    saved = sorted(os.path.basename(p) for p in glob.glob(str(ckpt / "checkpoint*.pt")))
+    assert saved == ["checkpoint_checkpoint_epoch=1.pt", "checkpoint_checkpoint_epoch=2.pt"]
+    state = torch.load(ckpt / "checkpoint_checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 and state["trainer"]["max_epochs"] == 2
