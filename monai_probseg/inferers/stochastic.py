@@ -222,7 +222,7 @@ class StochasticSlidingWindowInferer(Inferer):
         ]
         yield from tqdm(sizes, desc=desc, unit="chunk", disable=not self.progress, leave=False)
 
-    def _window_fn(self, args: tuple, kwargs: dict) -> Callable[[torch.Tensor, Callable], Any]:
+    def _window_fn(self, args: tuple, kwargs: dict, progress: bool = False) -> Callable[[torch.Tensor, Callable], Any]:
         """A function ``(tensor, patch_fn) -> blended output`` with this inferer's window settings."""
 
         def window_fn(tensor: torch.Tensor, patch_fn: Callable) -> Any:
@@ -238,7 +238,7 @@ class StochasticSlidingWindowInferer(Inferer):
                 self.cval,
                 self.sw_device,
                 self.device,
-                False,
+                progress,
                 None,
                 None,
                 None,
@@ -252,27 +252,7 @@ class StochasticSlidingWindowInferer(Inferer):
 
     # ------------------------------------------------------------------ distribution models
     def _stitched_maps(self, inputs: torch.Tensor, network: Any, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        maps = sliding_window_inference(
-            inputs,
-            self.roi_size,
-            self.sw_batch_size,
-            network.distribution,
-            self.overlap,
-            self.mode,
-            self.sigma_scale,
-            self.padding_mode,
-            self.cval,
-            self.sw_device,
-            self.device,
-            self.progress,
-            None,
-            None,
-            None,
-            -1,
-            False,
-            *args,
-            **kwargs,
-        )
+        maps = self._window_fn(args, kwargs, progress=self.progress)(inputs, network.distribution)
         if not isinstance(maps, Mapping):
             raise TypeError(f"{type(network).__name__}.distribution() must return a dict of maps, got {type(maps)}.")
         return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in maps.items()}

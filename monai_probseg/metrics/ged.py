@@ -5,15 +5,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction
 
 from .hungarian import match_iou
 from .utils import (
-    aggregate_per_item,
+    SampleSetMetric,
     as_label_maps,
     class_mean_distance,
     nan_mean,
@@ -175,7 +172,7 @@ def sample_diversity(
     return _mean_pairs(dist, include_diagonal=include_diagonal)
 
 
-class GeneralizedEnergyDistanceMetric(CumulativeIterationMetric):
+class GeneralizedEnergyDistanceMetric(SampleSetMetric):
     """Generalized energy distance between sample sets and annotation sets, accumulated over iterations.
 
     Wraps :py:func:`generalized_energy_distance` in MONAI's cumulative metric API: call it with
@@ -197,39 +194,13 @@ class GeneralizedEnergyDistanceMetric(CumulativeIterationMetric):
         ged = metric.aggregate()
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        include_background: bool = False,
-        empty_both: str = "zero",
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        get_not_nans: bool = False,
-    ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.include_background = include_background
-        self.empty_both = empty_both
-        self.reduction = reduction
-        self.get_not_nans = get_not_nans
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+    def _per_item(self, y_pred: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             raise ValueError("GeneralizedEnergyDistanceMetric needs y (annotations of shape (B, K, *spatial)).")
-        ged = generalized_energy_distance(y_pred, y, self.num_classes, self.include_background, self.empty_both)
-        return ged[:, None]  # type: ignore[index]
-
-    def aggregate(
-        self, reduction: MetricReduction | str | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Reduce the buffered per-item values.
-
-        Args:
-            reduction: overrides ``self.reduction`` when given.
-        """
-        return aggregate_per_item(self, reduction)
+        return generalized_energy_distance(y_pred, y, self.num_classes, self.include_background, self.empty_both)
 
 
-class SampleDiversityMetric(CumulativeIterationMetric):
+class SampleDiversityMetric(SampleSetMetric):
     """Sample diversity ``E[d(S, S')]`` accumulated over iterations (see :py:func:`sample_diversity`).
 
     Call it with ``y_pred=samples``; ``y`` is not used.
@@ -260,17 +231,12 @@ class SampleDiversityMetric(CumulativeIterationMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.include_background = include_background
-        self.empty_both = empty_both
+        super().__init__(num_classes, include_background, empty_both, reduction, get_not_nans)
         self.include_diagonal = include_diagonal
         self.spatial_dims = spatial_dims
-        self.reduction = reduction
-        self.get_not_nans = get_not_nans
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
-        div = sample_diversity(
+    def _per_item(self, y_pred: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return sample_diversity(
             y_pred,
             self.num_classes,
             self.include_background,
@@ -278,14 +244,3 @@ class SampleDiversityMetric(CumulativeIterationMetric):
             include_diagonal=self.include_diagonal,
             spatial_dims=self.spatial_dims,
         )
-        return div[:, None]
-
-    def aggregate(
-        self, reduction: MetricReduction | str | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Reduce the buffered per-item values.
-
-        Args:
-            reduction: overrides ``self.reduction`` when given.
-        """
-        return aggregate_per_item(self, reduction)

@@ -5,14 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from monai.metrics import CumulativeIterationMetric
-from monai.utils import MetricReduction, optional_import
+from monai.utils import optional_import
 
-from .utils import aggregate_per_item, pairwise_distance, prepare_samples_and_annotations
+from .utils import SampleSetMetric, pairwise_distance, prepare_samples_and_annotations
 
 linear_sum_assignment, _ = optional_import("scipy.optimize", name="linear_sum_assignment")
 
@@ -97,7 +94,7 @@ def hungarian_matched_iou(
     return match_iou(iou)
 
 
-class HungarianMatchedIoUMetric(CumulativeIterationMetric):
+class HungarianMatchedIoUMetric(SampleSetMetric):
     """Hungarian-matched IoU accumulated over iterations (see :py:func:`hungarian_matched_iou`).
 
     Call it with ``y_pred=samples`` and ``y=annotations``; the buffer holds one value per batch item
@@ -117,33 +114,7 @@ class HungarianMatchedIoUMetric(CumulativeIterationMetric):
         hm_iou = metric.aggregate()
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        include_background: bool = False,
-        empty_both: str = "zero",
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        get_not_nans: bool = False,
-    ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.include_background = include_background
-        self.empty_both = empty_both
-        self.reduction = reduction
-        self.get_not_nans = get_not_nans
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+    def _per_item(self, y_pred: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             raise ValueError("HungarianMatchedIoUMetric needs y (annotations of shape (B, K, *spatial)).")
-        hm_iou = hungarian_matched_iou(y_pred, y, self.num_classes, self.include_background, self.empty_both)
-        return hm_iou[:, None]
-
-    def aggregate(
-        self, reduction: MetricReduction | str | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Reduce the buffered per-item values.
-
-        Args:
-            reduction: overrides ``self.reduction`` when given.
-        """
-        return aggregate_per_item(self, reduction)
+        return hungarian_matched_iou(y_pred, y, self.num_classes, self.include_background, self.empty_both)

@@ -331,3 +331,48 @@ def prepare_samples_and_annotations(
         )
     dtype = torch.promote_types(labels.dtype, annotations.dtype)
     return labels.to(dtype), annotations.to(dtype)
+
+
+class SampleSetMetric(CumulativeIterationMetric):
+    """Base of the sample-set metrics: one value per batch item, buffered and reduced NaN-aware by ``aggregate()``.
+
+    Subclasses implement :py:meth:`_per_item` (``y_pred``, ``y`` -> ``(B,)``) with the settings stored here.
+
+    Args:
+        num_classes: number of classes, background included.
+        include_background: whether class 0 contributes.
+        empty_both: ``"zero"`` or ``"nan"``, the convention for a class empty in both masks.
+        reduction: reduction mode applied by ``aggregate``.
+        get_not_nans: if ``True``, ``aggregate()`` returns ``(metric, not_nans)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        include_background: bool = False,
+        empty_both: str = "zero",
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.include_background = include_background
+        self.empty_both = empty_both
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def _per_item(self, y_pred: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _per_item.")
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:  # type: ignore[override]
+        return self._per_item(y_pred, y)[:, None]
+
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reduce the buffered per-item values.
+
+        Args:
+            reduction: overrides ``self.reduction`` when given.
+        """
+        return aggregate_per_item(self, reduction)
