@@ -147,6 +147,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="lesions2d", help="results file stem")
     parser.add_argument(
+        "--merge-from",
+        default=None,
+        help="instead of training, take the model rows of results/<NAME>.json (a run with the same settings)",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep the rows of other models already in the results file (same settings required)",
@@ -171,6 +176,18 @@ def main(argv=None) -> dict:
     oracle = torch.from_numpy(np.stack([sample_oracle(c, args.samples, seed=i) for i, c in enumerate(test_cases)]))
     rows = [{"model": "oracle", **evaluate(oracle.long(), y_test)}]
     logger.info("oracle: %s", rows[0])
+
+    same = ("iterations", "batch_size", "size", "train_cases", "test_cases", "samples", "channels", "seed")
+    if args.merge_from:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.merge_from}.json")) as f:
+            other = json.load(f)
+        if any(other["args"].get(k) != vars(args)[k] for k in same):
+            parser.error(f"--merge-from {args.merge_from}: made with other settings: {other['args']}")
+        if abs(other["rows"][0]["ged"] - rows[0]["ged"]) > 1e-6:
+            parser.error(f"--merge-from {args.merge_from}: its oracle differs ({other['rows'][0]} vs {rows[0]})")
+        rows += [r for r in other["rows"] if r["model"] != "oracle"]
+        args.models = []
+        args.commands = other["args"].get("commands", []) + args.commands
 
     for name in args.models:
         torch.manual_seed(args.seed)
@@ -197,13 +214,12 @@ def main(argv=None) -> dict:
         if os.path.exists(previous):
             with open(previous) as f:
                 old = json.load(f)
-            same = ("iterations", "batch_size", "size", "train_cases", "test_cases", "samples", "channels", "seed")
             if any(old["args"].get(k) != vars(args)[k] for k in same):
                 parser.error(f"--append: {previous} was made with other settings: {old['args']}")
             kept = [r for r in old["rows"] if r["model"] not in {r2["model"] for r2 in rows}]
             rows = rows[:1] + kept + rows[1:]
             rows = rows[:1] + sorted(rows[1:], key=lambda r: MODELS.index(r["model"]))
-            args.commands = old["args"].get("commands", []) + [cmd]
+            args.commands = old["args"].get("commands", []) + args.commands
 
     oracle_ged = rows[0]["ged"]
     for row in rows[1:]:
