@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from monai_probseg.data.synthetic import MODALITIES, write_ambiguous_lesions_2d, write_brats_phantoms
+from monai_probseg.data.utils import check_same_geometry
 
 __all__ = [
     "DATASET_KINDS",
@@ -402,29 +403,19 @@ def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: f
             f"lists {len(images)} image file(s), expected {len(modalities)} ({', '.join(modalities)}): "
             f"{[os.path.basename(p) for p in images]}"
         )
-    ref = None
     names = modalities if len(images) == len(modalities) else ["image"]
+    headers = []
     for name, path in zip(names, images):
         if not os.path.isfile(path):
             raise CaseError(f"missing {name} file '{path}'")
         try:
-            img = nib.load(path)  # header only
+            headers.append((name, path, nib.load(path)))  # header only
         except Exception as e:
             raise CaseError(f"cannot read the {name} file '{path}': {e}") from e
-        if ref is None:
-            ref = (name, path, img)
-            continue
-        rname, rpath, rimg = ref
-        if tuple(img.shape[:3]) != tuple(rimg.shape[:3]):
-            raise CaseError(
-                f"{name} file '{os.path.basename(path)}' has shape {tuple(img.shape)}, expected {tuple(rimg.shape)} "
-                f"like the {rname} file '{os.path.basename(rpath)}'"
-            )
-        if not np.allclose(img.affine, rimg.affine, atol=atol):
-            raise CaseError(
-                f"{name} file '{os.path.basename(path)}' has affine {np.round(img.affine, 3).tolist()}, expected "
-                f"{np.round(rimg.affine, 3).tolist()} like the {rname} file '{os.path.basename(rpath)}'"
-            )
+    try:
+        check_same_geometry(headers, atol=atol)
+    except ValueError as e:
+        raise CaseError(str(e)) from e
 
 
 def find_unreadable(paths: Sequence[str]) -> str | None:

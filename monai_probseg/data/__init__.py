@@ -20,3 +20,4 @@ from .synthetic import (
     write_ambiguous_lesions_2d,
     write_brats_phantoms,
 )
+from .utils import check_same_geometry

@@ -35,6 +35,8 @@ import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 
+from monai_probseg.data.utils import check_same_geometry
+
 __all__ = [
     "BRATS_MODALITIES",
     "brats_datalist",
@@ -87,29 +89,19 @@ def _check_case_headers(case_id: str, paths: Sequence[PathLike], atol: float = 1
     The spatial shapes are compared over the leading dimensions the two files have in common (at most 3, NIfTI's
     spatial axes), so a multi-channel image ``(H, W, C)`` may sit next to ``(H, W)`` masks.
     """
-    ref_path, ref = None, None
+    headers = []
     for path in paths:
         name = str(path)
         if not name.endswith(_NIFTI_EXTS):
             raise ValueError(f"case '{case_id}': check_headers supports NIfTI files only, got '{path}'.")
         try:
-            img = nib.load(name)  # lazy: reads the header, not the voxels
+            headers.append(("", name, nib.load(name)))  # lazy: reads the header, not the voxels
         except Exception as e:  # nibabel raises several types for broken files
             raise ValueError(f"case '{case_id}': cannot read the NIfTI header of '{path}': {e}") from e
-        if ref is None:
-            ref_path, ref = path, img
-            continue
-        n = min(len(ref.shape), len(img.shape), 3)
-        if tuple(ref.shape[:n]) != tuple(img.shape[:n]):
-            raise ValueError(
-                f"case '{case_id}': file '{path}' has shape {tuple(img.shape)}, expected spatial shape "
-                f"{tuple(ref.shape[:n])} like '{ref_path}'."
-            )
-        if not np.allclose(ref.affine, img.affine, atol=atol):
-            raise ValueError(
-                f"case '{case_id}': file '{path}' has affine {np.round(img.affine, 4).tolist()}, expected "
-                f"{np.round(ref.affine, 4).tolist()} like '{ref_path}' (atol {atol})."
-            )
+    try:
+        check_same_geometry(headers, atol=atol)
+    except ValueError as e:
+        raise ValueError(f"case '{case_id}': {e}.") from e
 
 
 def _split(items: list[dict], groups: Sequence[str], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
