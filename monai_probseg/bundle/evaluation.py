@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_probseg.metrics import expected_calibration_error, sample_set_metrics
-from monai_probseg.metrics.regions import _region_scores
+from monai_probseg.metrics import expected_calibration_error, region_mask_scores, sample_set_metrics
 
 __all__ = ["BRATS_REGIONS", "evaluate_case", "majority_vote_labels", "write_json_atomic", "write_metrics"]
 
@@ -97,7 +96,7 @@ def evaluate_case(
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected spatial shape {spatial} like seg.")
     scores: dict[str, float] = {}
     target = label[None, None].long()
-    dice, hd = _region_scores(
+    dice, hd = region_mask_scores(
         _region_masks(seg[None, None].long(), regions),
         _region_masks(target, regions),
         hd_percentile=95,

@@ -17,7 +17,13 @@ from .ged import (
     sample_set_metrics,
 )
 from .hungarian import HungarianMatchedIoUMetric, hungarian_matched_iou, match_iou
-from .regions import BRATS_REGION_NAMES, BraTSRegionMetrics, brats_regions, compute_brats_region_metrics
+from .regions import (
+    BRATS_REGION_NAMES,
+    BraTSRegionMetrics,
+    brats_regions,
+    compute_brats_region_metrics,
+    region_mask_scores,
+)
 from .seams import plane_differences, seam_ratio, window_borders, window_transitions
 from .uncertainty import UNCERTAINTY_MAP_KEYS, StreamingUncertaintyMaps, uncertainty_maps
 from .utils import pairwise_distance, pairwise_iou, set_iou_blocks

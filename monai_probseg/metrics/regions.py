@@ -17,7 +17,13 @@ from monai.utils import MetricReduction
 
 from .utils import nan_mean
 
-__all__ = ["BRATS_REGION_NAMES", "BraTSRegionMetrics", "brats_regions", "compute_brats_region_metrics"]
+__all__ = [
+    "BRATS_REGION_NAMES",
+    "BraTSRegionMetrics",
+    "brats_regions",
+    "compute_brats_region_metrics",
+    "region_mask_scores",
+]
 
 BRATS_REGION_NAMES = ("WT", "TC", "ET")
 
@@ -78,7 +84,7 @@ def _image_diagonal(spatial_shape: Sequence[int], spacing: Any) -> float:
     return math.sqrt(sum((n * s) ** 2 for n, s in zip(spatial_shape, spacing)))
 
 
-def _region_scores(
+def region_mask_scores(
     pred_regions: torch.Tensor,
     target_regions: torch.Tensor,
     hd_percentile: float | None,
@@ -86,7 +92,26 @@ def _region_scores(
     spacing: Any,
     empty: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dice and HD of ``(B, 3, *s)`` region masks with the empty-region policy applied."""
+    """Dice and Hausdorff distance of region masks, with a policy for empty regions.
+
+    Uses MONAI's ``compute_dice`` and ``compute_hausdorff_distance``; see
+    :py:func:`compute_brats_region_metrics` for the policies.
+
+    Args:
+        pred_regions: predicted binary region masks ``(B, R, *spatial)`` (e.g. from :py:func:`brats_regions`).
+        target_regions: reference region masks of the same shape.
+        hd_percentile: percentile of the Hausdorff distance (95 for HD95), ``None`` for the maximum.
+        include_hd: also compute the Hausdorff distance (otherwise ``None`` is returned for it).
+        spacing: voxel spacing for the distance, as MONAI's ``compute_hausdorff_distance`` takes it.
+        empty: ``"brats"`` (both empty: Dice 1, HD 0; one empty: Dice 0, HD the image diagonal) or ``"nan"``.
+
+    Returns:
+        ``(dice, hd)``, each ``(B, R)`` (``hd`` is ``None`` without ``include_hd``).
+
+    Example::
+
+        dice, hd = region_mask_scores(brats_regions(pred), brats_regions(label), 95, True, None, "brats")
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is all 0.*")  # empty regions are handled below
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")  # MONAI-internal deprecation
@@ -172,7 +197,7 @@ def compute_brats_region_metrics(
     dices, hds = [], []
     for n in range(pred_labels.shape[1]):  # a few samples; each region map is scored by MONAI
         pred_regions = brats_regions(pred_labels[:, n : n + 1], convention)
-        dice, hd = _region_scores(pred_regions, target_regions, hd_percentile, include_hd, spacing, empty)
+        dice, hd = region_mask_scores(pred_regions, target_regions, hd_percentile, include_hd, spacing, empty)
         dices.append(dice)
         hds.append(hd)
     if per_sample:
