@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ from monai_probseg.bundle import SAVED_OUTPUTS, BundleDatalist, InferenceFailedE
 from monai_probseg.data import write_brats_phantoms
 from monai_probseg.inferers import StochasticSlidingWindowInferer
 from monai_probseg.networks.nets import StochasticSegmentationNetwork
+
+from ..bundles.utils import folder_hash
 
 MODS = ("t1n", "t1c", "t2w", "t2f")
 SIZE = 16
@@ -62,22 +63,11 @@ def dataset(tmp_path_factory):
     return root
 
 
-def _folder_hash(root):
-    digest = hashlib.sha256()
-    for folder, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            digest.update(path.encode())
-            with open(path, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
 def test_outputs_in_input_space(dataset, tmp_path):
-    before = _folder_hash(dataset)
+    before = folder_hash(dataset)
     out = tmp_path / "out"
     result = _runner(BundleDatalist(str(dataset)), out, evaluate=True).run()
-    assert _folder_hash(dataset) == before
+    assert folder_hash(dataset) == before
     assert [c["case_id"] for c in result["cases"]] == [
         "BraTS-PHANTOM-00000-000",
         "BraTS-PHANTOM-00001-000",
@@ -144,7 +134,7 @@ def _bad_dataset(root, tmp):
 
 def test_bad_cases_reported_others_written(dataset, tmp_path, caplog):
     data, items = _bad_dataset(dataset, tmp_path)
-    before = _folder_hash(data)
+    before = folder_hash(data)
     out = tmp_path / "out"
     with pytest.raises(InferenceFailedError) as err:
         _runner(items, out, on_failure="raise").run()
@@ -156,7 +146,7 @@ def test_bad_cases_reported_others_written(dataset, tmp_path, caplog):
     assert "CORRUPT: preprocessing failed: cannot read" in message and "CORRUPT-t2f.nii.gz" in message
     assert "case 'SHAPE' failed" in caplog.text
     assert sorted(os.listdir(out)) == sorted([f"GOOD_{k}.nii.gz" for k in SAVED_OUTPUTS] + ["inference_summary.json"])
-    assert _folder_hash(data) == before
+    assert folder_hash(data) == before
     with pytest.raises(SystemExit) as exit_err:
         _runner(items[:2], tmp_path / "out2").run()  # default: exit status 1 with the message
     assert "1 of 2 case(s) failed" in str(exit_err.value.code)
@@ -188,11 +178,11 @@ def test_output_dir_checked_before_any_work(dataset, tmp_path):
     assert not (tmp_path / "phantoms").exists()  # nothing generated
     with pytest.raises(SystemExit, match="error: output_dir .* exists and is not a folder"):
         _runner(BundleDatalist(str(dataset)), blocker).run()
-    before = _folder_hash(dataset)
+    before = folder_hash(dataset)
     case_folder = dataset / "BraTS-PHANTOM-00001-000"
     for target in (dataset, case_folder):
         with pytest.raises(ValueError, match="is an input folder"):
             _runner(BundleDatalist(str(dataset)), target, on_failure="raise").run()
-    assert _folder_hash(dataset) == before
+    assert folder_hash(dataset) == before
     with pytest.raises(ValueError, match="outputs must be some of"):
         _runner([], tmp_path, outputs=("seg", "nope"))
