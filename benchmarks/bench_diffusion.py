@@ -178,7 +178,9 @@ def part_2d(args, device):
         norm_num_groups=args.norm_groups,
         num_train_timesteps=args.train_timesteps,
         schedule=args.schedule,
+        prediction_type=args.prediction_type,
         num_inference_steps=args.ddim_steps,
+        eta=args.eta,
     ).to(device)
     ema, train_stats = train(net, loader, args.budget, args.lr, args.ema_decay, args.seed, device)
     logger.info("2D training: %s", train_stats)
@@ -198,14 +200,22 @@ def part_2d(args, device):
         # DDPM (all T steps) vs DDIM on the same cases, same batch, same number of samples
         sub_x, sub_y, sub_c = x_test[: args.ddpm_cases], y_test[: args.ddpm_cases], consensus[: args.ddpm_cases]
         compare = []
-        for sampler, steps in (("ddim", args.ddim_steps), ("ddpm", None)):
+        runs = [("ddim", args.ddim_steps, eta) for eta in (args.compare_etas or [args.eta])] + [("ddpm", None, None)]
+        for sampler, steps, eta in runs:
             p, seconds = timed(
-                lambda sampler=sampler, steps=steps: draw(
-                    net, sub_x, args.ensemble, args.seed, len(sub_x), sampler=sampler, num_inference_steps=steps
+                lambda sampler=sampler, steps=steps, eta=eta: draw(
+                    net,
+                    sub_x,
+                    args.ensemble,
+                    args.seed,
+                    len(sub_x),
+                    sampler=sampler,
+                    num_inference_steps=steps,
+                    **({} if eta is None else {"eta": eta}),
                 )
             )
             row = {
-                "sampler": f"{sampler}-{steps or args.train_timesteps}",
+                "sampler": f"{sampler}-{steps or args.train_timesteps}" + ("" if eta is None else f" eta={eta:g}"),
                 "cases": len(sub_x),
                 "samples": args.ensemble,
                 "seconds": seconds,
@@ -213,9 +223,11 @@ def part_2d(args, device):
             row.update(ensemble_dice(p, sub_y, sub_c, args.ensemble))
             compare.append(row)
             logger.info("%s", row)
-        compare[1]["speedup_of_ddim"] = compare[1]["seconds"] / compare[0]["seconds"]
+        ddpm = compare[-1]
         key = f"dice{args.ensemble}_vs_majority"
-        compare[0]["dice_minus_ddpm"] = compare[0][key] - compare[1][key]
+        for row in compare[:-1]:
+            row["speedup_over_ddpm"] = ddpm["seconds"] / row["seconds"]
+            row["dice_minus_ddpm"] = row[key] - ddpm[key]
 
     oracle = torch.from_numpy(
         np.stack([sample_oracle(c, args.ged_samples, seed=i) for i, c in enumerate(test_cases)])
@@ -348,6 +360,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--norm-groups", type=int, default=8)
     parser.add_argument("--train-timesteps", type=int, default=1000, help="T (DDPM samples with all T steps)")
     parser.add_argument("--schedule", default="linear_beta")
+    parser.add_argument(
+        "--prediction-type",
+        default="epsilon",
+        choices=["epsilon", "v_prediction"],
+        help="what the network predicts (v: Salimans & Ho, ICLR 2022, better suited to few-step sampling)",
+    )
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the noise)")
+    parser.add_argument(
+        "--compare-etas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="DDIM etas compared with DDPM on the --ddpm-cases (default: --eta only)",
+    )
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--ensemble", type=int, default=5, help="samples averaged for the ensemble Dice")
     parser.add_argument("--ged-samples", type=int, default=16, help="samples per case for GED/HM-IoU (multiple of 4)")
@@ -399,7 +425,8 @@ def main(argv=None) -> dict:
             f"Training: {args.train_cases} cases, {tr['iterations']} iterations of batch {args.batch_size} in "
             f"{tr['train_seconds']:.0f} s (budget {args.budget:.0f} s), loss {tr['first_loss']:.3f} -> "
             f"{tr['last_loss']:.3f}; EMA {args.ema_decay}; UNet channels {args.channels}, "
-            f"{r2['parameters']} parameters; T = {args.train_timesteps} ({args.schedule}).\n"
+            f"{r2['parameters']} parameters; T = {args.train_timesteps} ({args.schedule}), "
+            f"prediction {args.prediction_type}, DDIM eta {args.eta}.\n"
         )
         e = args.ensemble
         cols = [
@@ -438,7 +465,7 @@ def main(argv=None) -> dict:
                 [
                     "sampler",
                     "seconds",
-                    "speedup_of_ddim",
+                    "speedup_over_ddpm",
                     "dice1_vs_majority",
                     f"dice{e}_vs_majority",
                     "dice_minus_ddpm",

@@ -16,6 +16,14 @@ Run (about 3 x 15 minutes on 2 CPU cores with the defaults)::
     python benchmarks/bench_lesions2d.py --iterations 1500
     python benchmarks/bench_lesions2d.py --iterations 50 --test-cases 8 --samples 16   # smoke run
 
+    # a wall-clock budget per model (14 min), cosine learning-rate decay, 4000 training cases, 1 thread each
+    python benchmarks/bench_lesions2d.py --models prob_unet --iterations 100000 --budget 840 --schedule cosine \
+        --lr-scale 2 --train-cases 4000 --channels 16 32 64 128 --threads 1 --name lesions2d_15min_prob_unet
+
+The GED is also reported separately for the held-out cases where some annotators may see no lesion
+(``ged_may_be_empty``) and for the others (``ged_always_lesion``); ``--save-dir`` keeps the trained weights for
+further analysis.
+
 Writes ``benchmarks/results/lesions2d.json`` and ``lesions2d.md``.
 """
 
@@ -47,14 +55,16 @@ logger = logging.getLogger("bench_lesions2d")
 MODELS = ("unet", "prob_unet", "ssn")
 
 
-def build(name: str, channels: tuple[int, ...]) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
+def build(
+    name: str, channels: tuple[int, ...], beta: float = 1.0
+) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
     """Model, loss and learning rate for one family (the loss is None for the deterministic U-Net: CE)."""
     if name == "unet":
         strides = (2,) * (len(channels) - 1)
         return UNet(2, 1, 2, channels=channels, strides=strides, num_res_units=2), None, 1e-3
     if name == "prob_unet":
         # Kohl et al. 2018: latent_dim 6, beta 1, 3 fcomb layers, CE summed over pixels
-        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=1.0), 5e-4
+        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=beta), 5e-4
     if name == "ssn":
         # Monteiro et al. 2020: rank 10, 20 MC samples (antithetic)
         strides = (2,) * (len(channels) - 1)
@@ -63,14 +73,28 @@ def build(name: str, channels: tuple[int, ...]) -> tuple[torch.nn.Module, torch.
     raise ValueError(f"unknown model '{name}', expected one of {MODELS}.")
 
 
-def train(name, net, loss_fn, lr, images, labels, iterations, batch_size, seed):
-    """Plain training loop: random batch, one random annotator per case."""
+def train(name, net, loss_fn, lr, images, labels, iterations, batch_size, seed, budget=None, schedule="constant"):
+    """Plain training loop: random batch, one random annotator per case.
+
+    Stops after ``iterations`` or ``budget`` seconds, whichever comes first. ``schedule="cosine"`` decays the
+    learning rate to 0 along the progress ``max(iteration / iterations, elapsed / budget)``.
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     losses = []
     start = time.perf_counter()
-    for _ in tqdm(range(iterations), desc=f"train {name}", leave=False):
+    bar = tqdm(total=iterations, desc=f"train {name}", leave=False)
+    for it in range(iterations):
+        progress = it / iterations
+        if budget is not None:
+            progress = max(progress, (time.perf_counter() - start) / budget)
+        if progress >= 1.0:
+            break
+        if schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+        bar.update(1)
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
         ann = torch.randint(0, labels.shape[1], (batch_size,), generator=gen)
         x = images[idx]
@@ -84,7 +108,8 @@ def train(name, net, loss_fn, lr, images, labels, iterations, batch_size, seed):
             loss = loss_fn(net(x, y), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
+    bar.close()
     return time.perf_counter() - start, losses
 
 
@@ -122,15 +147,25 @@ def sampling_cost(name, net, x, num_samples, repeats=3):
     return t_forward, t_samples
 
 
-def evaluate(samples, annotations):
+def evaluate(samples, annotations, groups=None):
+    """Mean GED (and its terms) and HM-IoU; with ``groups`` (name -> boolean case mask) also the GED per group."""
     ged = generalized_energy_distance(samples, annotations, num_classes=2, return_terms=True)
     hm = hungarian_matched_iou(samples, annotations, num_classes=2)
-    return {
+    out = {
         "ged": float(ged["ged"].mean()),
         "diversity_samples": float(ged["diversity_samples"].mean()),
         "cross": float(ged["cross"].mean()),
         "hm_iou": float(hm.mean()),
     }
+    for group, mask in (groups or {}).items():
+        out[f"ged_{group}"] = float(ged["ged"][mask].mean()) if mask.any() else float("nan")
+    return out
+
+
+def case_groups(cases):
+    """Held-out cases split by whether some annotators may see no lesion (``p_empty > 0``)."""
+    may_be_empty = torch.tensor([c["modes"][0][0].max() == 0 for c in cases])
+    return {"may_be_empty": may_be_empty, "always_lesion": ~may_be_empty}
 
 
 def main(argv=None) -> dict:
@@ -143,6 +178,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--test-cases", type=int, default=64)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 192])
+    parser.add_argument("--budget", type=float, default=None, help="training seconds per model (stops early)")
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate decay")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies each model's learning rate")
+    parser.add_argument("--beta", type=float, default=1.0, help="KL weight of the Probabilistic U-Net's ELBO")
+    parser.add_argument("--save-dir", default=None, help="save each trained model's state_dict here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="lesions2d", help="results file stem")
@@ -174,10 +214,24 @@ def main(argv=None) -> dict:
     y_test = torch.from_numpy(np.stack([c["label"] for c in test_cases])).long()
 
     oracle = torch.from_numpy(np.stack([sample_oracle(c, args.samples, seed=i) for i, c in enumerate(test_cases)]))
-    rows = [{"model": "oracle", **evaluate(oracle.long(), y_test)}]
+    groups = case_groups(test_cases)
+    rows = [{"model": "oracle", **evaluate(oracle.long(), y_test, groups)}]
     logger.info("oracle: %s", rows[0])
 
-    same = ("iterations", "batch_size", "size", "train_cases", "test_cases", "samples", "channels", "seed")
+    same = (
+        "iterations",
+        "batch_size",
+        "size",
+        "train_cases",
+        "test_cases",
+        "samples",
+        "channels",
+        "seed",
+        "budget",
+        "schedule",
+        "lr_scale",
+        "beta",
+    )
     if args.merge_from:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.merge_from}.json")) as f:
             other = json.load(f)
@@ -191,14 +245,30 @@ def main(argv=None) -> dict:
 
     for name in args.models:
         torch.manual_seed(args.seed)
-        net, loss_fn, lr = build(name, tuple(args.channels))
-        train_time, losses = train(name, net, loss_fn, lr, images, labels, args.iterations, args.batch_size, args.seed)
+        net, loss_fn, lr = build(name, tuple(args.channels), beta=args.beta)
+        lr = lr * args.lr_scale
+        train_time, losses = train(
+            name,
+            net,
+            loss_fn,
+            lr,
+            images,
+            labels,
+            args.iterations,
+            args.batch_size,
+            args.seed,
+            budget=args.budget,
+            schedule=args.schedule,
+        )
+        if args.save_dir:
+            os.makedirs(args.save_dir, exist_ok=True)
+            torch.save(net.state_dict(), os.path.join(args.save_dir, f"{args.name}_{name}.pt"))
         samples = draw(name, net, x_test, args.samples, args.seed)
-        row = {"model": name, **evaluate(samples, y_test)}
+        row = {"model": name, **evaluate(samples, y_test, groups)}
         t_fwd, t_samples = sampling_cost(name, net, x_test[:8], args.samples)
         row.update(
             train_seconds=train_time,
-            iterations=args.iterations,
+            iterations=len(losses),
             first_loss=float(np.mean(losses[:20])),
             last_loss=float(np.mean(losses[-20:])),
             forward_seconds_batch8=t_fwd,
@@ -237,16 +307,24 @@ def main(argv=None) -> dict:
         "ged_over_unet",
         "hm_iou",
         "diversity_samples",
+        "ged_may_be_empty",
+        "ged_always_lesion",
+        "iterations",
         "train_seconds",
         "samples_over_forward",
     ]
     md = (
         f"# 2D ambiguous lesions: {args.test_cases} held-out cases, {args.samples} samples, K=4 annotators\n\n"
-        f"Training: {args.train_cases} cases of {args.size}x{args.size}, {args.iterations} iterations of batch "
-        f"{args.batch_size}, one random annotator per case. {args.threads} CPU threads.\n\n"
+        f"Training: {args.train_cases} cases of {args.size}x{args.size}, batch {args.batch_size}, one random "
+        f"annotator per case, at most {args.iterations} iterations"
+        + (f" or {args.budget:.0f} s" if args.budget else "")
+        + f" per model, {args.schedule} learning rate (x{args.lr_scale}), UNet channels {args.channels}, "
+        f"PU-Net beta {args.beta}. {args.threads} CPU thread(s) per model.\n\n"
         + md_table(rows, cols)
         + "\n\n`samples_over_forward`: time of "
-        + f"{args.samples} samples (one distribution() pass + sampler) / one forward pass, batch of 8.\n\n"
+        + f"{args.samples} samples (one distribution() pass + sampler) / one forward pass, batch of 8. "
+        + "`ged_may_be_empty`: GED over the held-out cases where some annotators may see no lesion "
+        + "(contrast < 0.45), `ged_always_lesion` over the others.\n\n"
         + "Commands: "
         + ", ".join(f"`python benchmarks/bench_lesions2d.py {c}`" for c in getattr(args, "commands", [cmd]))
         + "\n"

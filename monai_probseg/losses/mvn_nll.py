@@ -62,6 +62,12 @@ class LowRankMVNNLLLoss(_Loss):
         return_dict: return ``{"loss", "nll_per_voxel", "ce_mean"}`` instead of a tensor: the loss to back-propagate,
             the loss divided by the number of voxels counted (detached), and the cross-entropy of the mean logits
             per voxel (detached), for logging with :py:class:`monai_probseg.engines.ProbSegTrainer`.
+        mean_ce_weight: weight ``w`` of an auxiliary cross-entropy of the *mean* logits, summed over the counted
+            voxels like the likelihood: the loss per image becomes ``NLL + w * CE(mean, y)``. ``0`` (default) is the
+            paper's loss. The Monte Carlo likelihood rewards the best of the ``M`` samples, so early in training
+            the mean gets a weak signal when the covariance is large; a positive ``w`` trains the mean as a
+            segmentation in its own right (useful when the mean prediction is used as the segmentation, e.g. in
+            3D with few iterations). Not in Monteiro et al.; an option, off by default.
 
     Example::
 
@@ -80,6 +86,7 @@ class LowRankMVNNLLLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: int | torch.Generator | None = None,
         return_dict: bool = False,
+        mean_ce_weight: float = 0.0,
     ) -> None:
         valid_reductions = [r.value for r in LossReduction]
         if str(reduction) not in valid_reductions:
@@ -96,6 +103,9 @@ class LowRankMVNNLLLoss(_Loss):
             )
         self.generator = generator
         self.return_dict = bool(return_dict)
+        if not (math.isfinite(mean_ce_weight) and mean_ce_weight >= 0):
+            raise ValueError(f"mean_ce_weight must be a finite number >= 0, got {mean_ce_weight!r}.")
+        self.mean_ce_weight = float(mean_ce_weight)
 
     def _get_generator(self, device: torch.device) -> torch.Generator | None:
         if isinstance(self.generator, int) and not isinstance(self.generator, bool):
@@ -181,13 +191,18 @@ class LowRankMVNNLLLoss(_Loss):
         log_prob = torch.where(valid.unsqueeze(1), log_prob, torch.zeros_like(log_prob))
         log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
         nll = -(torch.logsumexp(log_lik, dim=1) - math.log(self.num_mc_samples))  # (B,)
+        per_image = nll
+        if self.mean_ce_weight > 0:
+            mean_log_prob = _log_prob(mean.unsqueeze(1), labels.unsqueeze(1))[:, 0]  # (B, *spatial)
+            mean_ce = -torch.where(valid, mean_log_prob, torch.zeros_like(mean_log_prob)).flatten(1).sum(-1)
+            per_image = nll + self.mean_ce_weight * mean_ce
 
         if self.reduction == LossReduction.MEAN.value:
-            loss = nll.mean()
+            loss = per_image.mean()
         elif self.reduction == LossReduction.SUM.value:
-            loss = nll.sum()
+            loss = per_image.sum()
         elif self.reduction == LossReduction.NONE.value:
-            loss = nll
+            loss = per_image
         else:
             raise ValueError(f'Unsupported reduction: {self.reduction}, available options are ["mean", "sum", "none"].')
         if not self.return_dict:

@@ -33,7 +33,7 @@ def _small_data(bundle: str, root) -> tuple[str, dict]:
 
 
 def test_bundles_found():
-    assert {"brats_ssn", "brats_prob_unet", "lesions2d_prob_unet"} <= set(BUNDLES)
+    assert {"brats_ssn", "brats_prob_unet", "brats_diffusion", "lesions2d_prob_unet"} <= set(BUNDLES)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

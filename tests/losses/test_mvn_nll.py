@@ -167,8 +167,34 @@ class TestLowRankMVNNLLLoss(unittest.TestCase):
         torch.testing.assert_close(out["nll_per_voxel"], out["loss"] / 16)
         torch.testing.assert_close(out["ce_mean"], F.cross_entropy(mean, target[:, 0]))
 
+    def test_mean_ce_weight_adds_summed_cross_entropy(self):
+        """loss = NLL + w * CE of the mean summed over the counted voxels (hand values), per image."""
+        mean, factor, diag = _params()
+        target = torch.tensor([[[[1, 0, 1]]]])
+        loss = LowRankMVNNLLLoss(num_mc_samples=4, generator=5, mean_ce_weight=0.5)(
+            mean, target, cov_factor=factor, cov_diag=diag
+        )
+        ce = 0.0
+        for v, y in enumerate([1, 0, 1]):
+            logits = [float(mean[0, c, 0, v]) for c in range(2)]
+            ce -= logits[y] - math.log(sum(math.exp(t) for t in logits))
+        expected = _hand_loss(mean, factor, diag, target, 4, 5, True, rank=2) + 0.5 * ce
+        self.assertAlmostEqual(float(loss), expected, places=5)
+        # masked voxels leave both terms; batch items keep their own sums
+        mean2, factor2, diag2 = _params(3, 2, (4, 4), batch=2)
+        target2 = torch.randint(0, 3, (2, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(2, 1, 4, 4)
+        mask[:, :, :2] = 0
+        kw = {"cov_factor": factor2, "cov_diag": diag2, "mask": mask}
+        base = LowRankMVNNLLLoss(generator=3, reduction="none")(mean2, target2, **kw)
+        weighted = LowRankMVNNLLLoss(generator=3, reduction="none", mean_ce_weight=2.0)(mean2, target2, **kw)
+        ce2 = F.cross_entropy(mean2, target2[:, 0], reduction="none")[:, 2:].flatten(1).sum(-1)
+        torch.testing.assert_close(weighted, base + 2.0 * ce2)
+
     def test_errors(self):
         mean, factor, diag = _params(2, 2, (4, 4))
+        with self.assertRaisesRegex(ValueError, "mean_ce_weight"):
+            LowRankMVNNLLLoss(mean_ce_weight=-1.0)
         kw = {"cov_factor": factor, "cov_diag": diag}
         with self.assertRaisesRegex(ValueError, "even"):
             LowRankMVNNLLLoss(num_mc_samples=5)
