@@ -192,9 +192,11 @@ class LowRankMVNNLLLoss(_Loss):
         log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
         nll = -(torch.logsumexp(log_lik, dim=1) - math.log(self.num_mc_samples))  # (B,)
         per_image = nll
-        if self.mean_ce_weight > 0:
+        mean_ce = None  # cross-entropy of the mean logits summed over the counted voxels, (B,)
+        if self.mean_ce_weight > 0 or self.return_dict:
             mean_log_prob = _log_prob(mean.unsqueeze(1), labels.unsqueeze(1))[:, 0]  # (B, *spatial)
             mean_ce = -torch.where(valid, mean_log_prob, torch.zeros_like(mean_log_prob)).flatten(1).sum(-1)
+        if self.mean_ce_weight > 0:
             per_image = nll + self.mean_ce_weight * mean_ce
 
         if self.reduction == LossReduction.MEAN.value:
@@ -209,8 +211,7 @@ class LowRankMVNNLLLoss(_Loss):
             return loss
         with torch.no_grad():
             num_valid = valid.flatten(1).sum(-1).clamp_min(1).to(nll.dtype)
-            ce = -(torch.where(valid, _log_prob(mean.unsqueeze(1), labels.unsqueeze(1))[:, 0], 0.0)).flatten(1)
-            ce_mean = ce.sum(-1) / num_valid
+            ce_mean = mean_ce.detach() / num_valid
             return {"loss": loss, "nll_per_voxel": (nll / num_valid).mean(), "ce_mean": ce_mean.mean()}
 
 
