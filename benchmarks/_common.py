@@ -19,6 +19,12 @@ import monai_probseg
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def results_dir() -> str:
+    """Where results go: ``$MONAI_PROBSEG_RESULTS_DIR`` if set (the smoke tests use a temporary folder), else
+    ``benchmarks/results``."""
+    return os.environ.get("MONAI_PROBSEG_RESULTS_DIR") or RESULTS_DIR
+
+
 def machine_info() -> dict[str, Any]:
     """The facts a reader needs to compare timings: CPU/GPU, threads, versions, date."""
     import monai
@@ -50,8 +56,10 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
-def write_results(name: str, results: dict[str, Any], markdown: str, out_dir: str = RESULTS_DIR) -> tuple[str, str]:
-    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md`` atomically and return both paths."""
+def write_results(name: str, results: dict[str, Any], markdown: str, out_dir: str | None = None) -> tuple[str, str]:
+    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md`` atomically (``out_dir`` defaults to
+    :func:`results_dir`) and return both paths."""
+    out_dir = results_dir() if out_dir is None else out_dir
     json_path = os.path.join(out_dir, f"{name}.json")
     md_path = os.path.join(out_dir, f"{name}.md")
     _atomic_write(json_path, json.dumps(results, indent=2, default=float) + "\n")

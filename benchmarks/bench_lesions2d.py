@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine_info, md_table, write_results  # noqa: E402
+from _common import machine_info, md_table, results_dir, write_results  # noqa: E402
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import ELBOLoss, LowRankMVNNLLLoss  # noqa: E402
@@ -53,10 +53,17 @@ from monai_probseg.networks.nets import ProbabilisticUNet, StochasticSegmentatio
 logger = logging.getLogger("bench_lesions2d")
 
 MODELS = ("unet", "prob_unet", "ssn")
+# options added after results were first written, with the value those older results were made with
+ADDED_ARGS = {"mc_samples": 20, "mean_ce_weight": 0.0, "latent_dim": 6}
 
 
 def build(
-    name: str, channels: tuple[int, ...], beta: float = 1.0
+    name: str,
+    channels: tuple[int, ...],
+    beta: float = 1.0,
+    mc_samples: int = 20,
+    mean_ce_weight: float = 0.0,
+    latent_dim: int = 6,
 ) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
     """Model, loss and learning rate for one family (the loss is None for the deterministic U-Net: CE)."""
     if name == "unet":
@@ -64,12 +71,12 @@ def build(
         return UNet(2, 1, 2, channels=channels, strides=strides, num_res_units=2), None, 1e-3
     if name == "prob_unet":
         # Kohl et al. 2018: latent_dim 6, beta 1, 3 fcomb layers, CE summed over pixels
-        return ProbabilisticUNet(2, 1, 2, latent_dim=6, channels=channels), ELBOLoss(beta=beta), 5e-4
+        return ProbabilisticUNet(2, 1, 2, latent_dim=latent_dim, channels=channels), ELBOLoss(beta=beta), 5e-4
     if name == "ssn":
         # Monteiro et al. 2020: rank 10, 20 MC samples (antithetic)
         strides = (2,) * (len(channels) - 1)
         net = StochasticSegmentationNetwork(2, 1, 2, rank=10, channels=channels, strides=strides)
-        return net, LowRankMVNNLLLoss(num_mc_samples=20), 1e-3
+        return net, LowRankMVNNLLLoss(num_mc_samples=mc_samples, mean_ce_weight=mean_ce_weight), 1e-3
     raise ValueError(f"unknown model '{name}', expected one of {MODELS}.")
 
 
@@ -182,6 +189,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate decay")
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies each model's learning rate")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight of the Probabilistic U-Net's ELBO")
+    parser.add_argument("--latent-dim", type=int, default=6, help="PU-Net: latent dimension (the paper's 6)")
+    parser.add_argument("--mc-samples", type=int, default=20, help="SSN: Monte Carlo samples of the likelihood")
+    parser.add_argument("--mean-ce-weight", type=float, default=0.0, help="SSN: weight of the mean's cross-entropy")
     parser.add_argument("--save-dir", default=None, help="save each trained model's state_dict here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -231,11 +241,14 @@ def main(argv=None) -> dict:
         "schedule",
         "lr_scale",
         "beta",
+        "mc_samples",
+        "mean_ce_weight",
+        "latent_dim",
     )
     if args.merge_from:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.merge_from}.json")) as f:
+        with open(os.path.join(results_dir(), f"{args.merge_from}.json")) as f:
             other = json.load(f)
-        if any(other["args"].get(k) != vars(args)[k] for k in same):
+        if any(other["args"].get(k, ADDED_ARGS.get(k)) != vars(args)[k] for k in same):
             parser.error(f"--merge-from {args.merge_from}: made with other settings: {other['args']}")
         if abs(other["rows"][0]["ged"] - rows[0]["ged"]) > 1e-6:
             parser.error(f"--merge-from {args.merge_from}: its oracle differs ({other['rows'][0]} vs {rows[0]})")
@@ -245,7 +258,14 @@ def main(argv=None) -> dict:
 
     for name in args.models:
         torch.manual_seed(args.seed)
-        net, loss_fn, lr = build(name, tuple(args.channels), beta=args.beta)
+        net, loss_fn, lr = build(
+            name,
+            tuple(args.channels),
+            beta=args.beta,
+            mc_samples=args.mc_samples,
+            mean_ce_weight=args.mean_ce_weight,
+            latent_dim=args.latent_dim,
+        )
         lr = lr * args.lr_scale
         train_time, losses = train(
             name,
@@ -280,11 +300,11 @@ def main(argv=None) -> dict:
         logger.info("%s: %s", name, row)
 
     if args.append:
-        previous = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.name}.json")
+        previous = os.path.join(results_dir(), f"{args.name}.json")
         if os.path.exists(previous):
             with open(previous) as f:
                 old = json.load(f)
-            if any(old["args"].get(k) != vars(args)[k] for k in same):
+            if any(old["args"].get(k, ADDED_ARGS.get(k)) != vars(args)[k] for k in same):
                 parser.error(f"--append: {previous} was made with other settings: {old['args']}")
             kept = [r for r in old["rows"] if r["model"] not in {r2["model"] for r2 in rows}]
             rows = rows[:1] + kept + rows[1:]

@@ -11,7 +11,24 @@ Loads weights saved by ``bench_lesions2d.py --save-dir`` and, on the same held-o
 - ``mode_frequency_error``: mean over cases of the total-variation distance between the frequencies of the
   nearest modes and the true mode probabilities (0 when the model picks modes at the right rates);
 - for the Probabilistic U-Net, ``posterior_recon_iou``: IoU of the reconstruction of each annotation from the
-  posterior mean (how precise masks are when the latent is right), beside the prior samples' ``nearest_mode_iou``.
+  posterior mean (how precise masks are when the latent is right), beside the prior samples' ``nearest_mode_iou``;
+- for the Probabilistic U-Net, ``kl_per_latent_dim`` (mean KL(posterior || prior) of the held-out annotations,
+  in nats, per latent dimension), ``kl_top_dim_share`` (the share of the KL in the dimension that carries most)
+  and ``posterior_over_prior_sigma_top_dim`` (median posterior / prior standard deviation in that dimension): how
+  the latent space encodes the annotators' choices;
+- ``empty_rate_model`` and ``empty_rate_true``: over the cases where some annotators may see no lesion, the mean
+  fraction of samples whose nearest mode is the empty mask, and the mean true probability of that mode.
+
+It splits the GED gap to the oracle (``ged_oracle``, the same metric for the true distribution) in two:
+
+- ``ged_snapped``: the GED after replacing each sample by its nearest true mode, so masks are exact and only the
+  frequencies at which the modes are drawn are the model's;
+- ``ged_posterior_recon`` (Probabilistic U-Net): oracle draws of the modes, each replaced by the PU-Net's
+  reconstruction of that mode from the posterior mean, so the frequencies are exact and only the mask shapes
+  are the model's;
+- ``ged_best_sample``: oracle draws of the modes, each replaced by the one of the model's samples closest to that
+  mode (highest IoU): exact frequencies and the best masks the sampler drew, an optimistic bound on what any
+  re-weighting of the model's samples could reach.
 
 Run::
 
@@ -34,9 +51,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
-from bench_lesions2d import build  # noqa: E402
+from bench_lesions2d import build, evaluate  # noqa: E402
 
-from monai_probseg.data.synthetic import ambiguous_lesions_2d  # noqa: E402
+from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
+from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,30 +68,72 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def diagnose(name, net, cases, num_samples, seed):
     net.eval()
     x = torch.from_numpy(np.stack([c["image"] for c in cases])).float()
+    annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
     gen = torch.Generator().manual_seed(seed)
-    samples = net.sample(net.distribution(x), num_samples, gen).argmax(2).numpy().astype(bool)
-    best, above, tv = [], [], []
+    samples = torch.cat(
+        [
+            net.sample(net.distribution(x), min(25, num_samples - start), gen).argmax(2)
+            for start in range(0, num_samples, 25)
+        ],
+        1,
+    )
+    binary = samples.numpy().astype(bool)
+    best, above, tv, empty_model, empty_true, best_per_mode = [], [], [], [], [], []
+    snapped = np.zeros(binary.shape, dtype=np.int64)
     for i, case in enumerate(cases):
         modes = np.stack([m for m, _ in case["modes"]]).astype(bool)
         probs = np.array([p for _, p in case["modes"]])
-        scores = iou(samples[i][:, None], modes[None])  # (N, M)
+        scores = iou(binary[i][:, None], modes[None])  # (N, M)
         nearest = scores.argmax(1)
+        snapped[i] = modes[nearest]
+        best_per_mode.append(binary[i][scores.argmax(0)])  # (M, H, W): each mode's closest sample
         best.append(scores.max(1).mean())
         above.append((scores.max(1) > 0.9).mean())
         tv.append(0.5 * np.abs(np.bincount(nearest, minlength=len(probs)) / num_samples - probs).sum())
+        if not modes[0].any():  # the empty mode comes first when annotators may see no lesion
+            empty_model.append(float((nearest == 0).mean()))
+            empty_true.append(float(probs[0]))
     out = {
         "model": name,
+        "ged": evaluate(samples, annotations)["ged"],
+        "ged_snapped": evaluate(torch.from_numpy(snapped), annotations)["ged"],
         "nearest_mode_iou": float(np.mean(best)),
         "frac_iou_above_0.9": float(np.mean(above)),
         "mode_frequency_error": float(np.mean(tv)),
+        "empty_rate_model": float(np.mean(empty_model)) if empty_model else float("nan"),
+        "empty_rate_true": float(np.mean(empty_true)) if empty_true else float("nan"),
     }
+    oracle_draws, oracle_modes = zip(
+        *(sample_oracle(c, num_samples, seed=i, return_indices=True) for i, c in enumerate(cases))
+    )
+    out["ged_oracle"] = evaluate(torch.from_numpy(np.stack(oracle_draws)).long(), annotations)["ged"]
+    chosen = np.stack([best_per_mode[i][oracle_modes[i]] for i in range(len(cases))])
+    out["ged_best_sample"] = evaluate(torch.from_numpy(chosen).long(), annotations)["ged"]
     if name == "prob_unet":
-        recon = []
-        for k in range(cases[0]["label"].shape[0]):
-            y = torch.from_numpy(np.stack([c["label"][k] for c in cases])).long()[:, None]
-            pred = net(x, y)["logits"].argmax(1).numpy().astype(bool)  # posterior mean in eval mode
+        recon, kl, sigma_ratio = [], [], []
+        for k in range(annotations.shape[1]):
+            y = annotations[:, k : k + 1]
+            res = net(x, y)  # posterior mean in eval mode
+            pred = res["logits"].argmax(1).numpy().astype(bool)
             recon.append(iou(pred, y[:, 0].numpy().astype(bool)))
+            kl.append(
+                gaussian_kl_divergence(
+                    res["posterior_mean"], res["posterior_log_sigma"], res["prior_mean"], res["prior_log_sigma"]
+                )
+            )
+            sigma_ratio.append(torch.exp(res["posterior_log_sigma"] - res["prior_log_sigma"]))
         out["posterior_recon_iou"] = float(np.mean(recon))
+        kl_per_dim = torch.cat(kl).mean(0)  # (D,) nats per latent dimension
+        main_dim = int(kl_per_dim.argmax())
+        out["kl_per_latent_dim"] = [round(float(v), 4) for v in kl_per_dim]
+        out["kl_top_dim_share"] = float(kl_per_dim[main_dim] / kl_per_dim.sum())
+        out["posterior_over_prior_sigma_top_dim"] = float(torch.cat(sigma_ratio)[:, main_dim].median())
+        recon_draws = []
+        for i, case in enumerate(cases):
+            modes = torch.from_numpy(np.stack([m for m, _ in case["modes"]])).long()[:, None]
+            per_mode = net(x[i : i + 1].expand(len(modes), -1, -1, -1), modes)["logits"].argmax(1)
+            recon_draws.append(per_mode[torch.from_numpy(oracle_modes[i])])
+        out["ged_posterior_recon"] = evaluate(torch.stack(recon_draws), annotations)["ged"]
     return out
 
 
@@ -82,6 +142,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", required=True, choices=["prob_unet", "ssn"])
     parser.add_argument("--weights", required=True, help="state_dict saved by bench_lesions2d.py --save-dir")
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 192])
+    parser.add_argument("--latent-dim", type=int, default=6, help="PU-Net latent dimension the weights were made with")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--test-cases", type=int, default=64)
     parser.add_argument("--samples", type=int, default=100)
@@ -93,14 +154,29 @@ def main(argv=None) -> dict:
         parser.error(f"--weights {args.weights}: no such file (save one with bench_lesions2d.py --save-dir).")
     torch.set_num_threads(args.threads)
     command = f"python benchmarks/diagnose_lesions2d.py {' '.join(argv if argv is not None else sys.argv[1:])}"
-    net, _, _ = build(args.model, tuple(args.channels))
+    net, _, _ = build(args.model, tuple(args.channels), latent_dim=args.latent_dim)
     try:
         net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     except RuntimeError as e:
         parser.error(f"--weights {args.weights} does not fit a {args.model} with channels {args.channels}: {e}")
     cases = ambiguous_lesions_2d(args.test_cases, (args.size,) * 2, num_annotators=4, seed=args.seed + 1000)
     row = diagnose(args.model, net, cases, args.samples, args.seed)
-    cols = ["model", "nearest_mode_iou", "frac_iou_above_0.9", "mode_frequency_error", "posterior_recon_iou"]
+    cols = [
+        "model",
+        "ged",
+        "ged_oracle",
+        "ged_snapped",
+        "ged_posterior_recon",
+        "ged_best_sample",
+        "nearest_mode_iou",
+        "frac_iou_above_0.9",
+        "mode_frequency_error",
+        "empty_rate_model",
+        "empty_rate_true",
+        "posterior_recon_iou",
+        "kl_top_dim_share",
+        "posterior_over_prior_sigma_top_dim",
+    ]
     md = (
         f"# Where the GED comes from: {args.model}, {args.test_cases} held-out cases, {args.samples} samples\n\n"
         + md_table([row], cols)

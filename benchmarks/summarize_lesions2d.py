@@ -21,13 +21,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS_DIR, _atomic_write, md_table  # noqa: E402
+from _common import _atomic_write, md_table, results_dir  # noqa: E402
 
-DIAGNOSIS = ("nearest_mode_iou", "mode_frequency_error", "posterior_recon_iou")
+DIAGNOSIS = (
+    "ged_snapped",
+    "ged_posterior_recon",
+    "ged_best_sample",
+    "nearest_mode_iou",
+    "mode_frequency_error",
+    "empty_rate_model",
+    "empty_rate_true",
+    "posterior_recon_iou",
+    "kl_top_dim_share",
+    "posterior_over_prior_sigma_top_dim",
+)
 COLUMNS = [
     "run",
     "model",
     "beta",
+    "latent_dim",
+    "mc_samples",
+    "mean_ce_weight",
     "channels",
     "ged",
     "ged_over_oracle",
@@ -35,6 +49,7 @@ COLUMNS = [
     "diversity_samples",
     "ged_may_be_empty",
     "ged_always_lesion",
+    "threads",
     "iterations",
     "train_seconds",
     "samples_over_forward",
@@ -43,7 +58,7 @@ COLUMNS = [
 
 
 def _load(name: str) -> dict | None:
-    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    path = os.path.join(results_dir(), f"{name}.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -54,6 +69,7 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="results file stems written by bench_lesions2d.py")
     parser.add_argument("--name", required=True, help="stem of the markdown file to write")
+    parser.add_argument("--remark", default="", help="a sentence on how the runs were made, put under the title")
     args = parser.parse_args(argv)
     rows, commands, oracle = [], [], None
     for name in args.runs:
@@ -64,8 +80,13 @@ def main(argv=None) -> str:
             parser.error(f"{name}: its oracle differs from the first run's (other held-out cases or samples).")
         oracle = run["rows"][0]
         for row in run["rows"][1:]:
-            row = dict(row, run=name, channels=" ".join(map(str, run["args"]["channels"])))
+            row = dict(
+                row, run=name, channels=" ".join(map(str, run["args"]["channels"])), threads=run["args"]["threads"]
+            )
             row["beta"] = run["args"].get("beta", 1.0) if row["model"] == "prob_unet" else ""
+            row["latent_dim"] = run["args"].get("latent_dim", 6) if row["model"] == "prob_unet" else ""
+            for key, default in (("mc_samples", 20), ("mean_ce_weight", 0.0)):
+                row[key] = run["args"].get(key, default) if row["model"] == "ssn" else ""
             diagnosis = _load(f"{name}_diagnosis")
             if diagnosis is not None:
                 row.update({k: diagnosis["rows"][0].get(k, "") for k in DIAGNOSIS})
@@ -73,12 +94,14 @@ def main(argv=None) -> str:
         commands += [f"python benchmarks/bench_lesions2d.py {c}" for c in run["args"]["commands"]]
         if diagnosis is not None:
             commands.append(diagnosis["command"])
+    first = _load(args.runs[0])["args"]
+    budget = f"{first['budget'] / 60:.0f}-minute" if first.get("budget") else f"{first['iterations']}-iteration"
     md = (
-        "# 2D ambiguous lesions, 14-minute CPU budget per model: 64 held-out cases, 100 samples, K=4 annotators\n\n"
-        "Training: 4000 cases of 64x64, batch 16, one random annotator per case, 840 s of wall clock per model, "
-        "cosine learning-rate decay, 1 CPU thread per model, with another benchmark on the second core (the "
-        "`beta10` run shared the machine with two others and got half the iterations; `beta10_quiet` repeats it). "
-        "Each run's JSON is beside this file.\n\n"
+        f"# 2D ambiguous lesions, {budget} CPU budget per model: {first['test_cases']} held-out cases, "
+        f"{first['samples']} samples, K=4 annotators\n\n"
+        f"Training (first run): {first['train_cases']} cases of {first['size']}x{first['size']}, batch "
+        f"{first['batch_size']}, one random annotator per case, {first['schedule']} learning rate, "
+        f"{first['threads']} CPU thread(s) per model. {args.remark} Each run's JSON is beside this file.\n\n"
         + md_table([dict(oracle, run="oracle")] + rows, COLUMNS)
         + "\n\n`ged_may_be_empty`: GED over the held-out cases where some annotators may see no lesion "
         "(contrast < 0.45), `ged_always_lesion` over the others. `samples_over_forward`: 100 samples (one "
@@ -86,10 +109,20 @@ def main(argv=None) -> str:
         "(`*_diagnosis.json`): `nearest_mode_iou`, mean IoU of a sample with its nearest true mode; "
         "`mode_frequency_error`, mean total-variation distance between the nearest-mode frequencies and the true "
         "mode probabilities; `posterior_recon_iou`, IoU of the PU-Net's reconstruction of each annotation from its "
-        "posterior mean.\n\nCommands: " + ", ".join(f"`{c}`" for c in commands) + "\n\n"
-        f"Table: `python benchmarks/summarize_lesions2d.py {' '.join(args.runs)} --name {args.name}`\n"
+        "posterior mean; `ged_snapped`, the GED once each sample is replaced by its nearest true mode (exact masks, "
+        "the model's mode frequencies); `ged_posterior_recon`, the GED of oracle mode draws each replaced by the "
+        "PU-Net's posterior reconstruction of that mode (exact frequencies, the model's masks); `ged_best_sample`, "
+        "the same with each mode replaced by the model's sample closest to it (an optimistic bound on any "
+        "re-weighting of the samples); `empty_rate_model` "
+        "and `empty_rate_true`, over the cases that may be empty, the fraction of samples nearest the empty mode and "
+        "its true probability; `kl_top_dim_share`, the share of the PU-Net's KL(posterior || prior) carried by its "
+        "busiest latent dimension, and `posterior_over_prior_sigma_top_dim`, the median ratio of posterior to prior "
+        "standard deviation there.\n\nCommands: " + ", ".join(f"`{c}`" for c in commands) + "\n\n"
+        f"Table: `python benchmarks/summarize_lesions2d.py {' '.join(args.runs)} --name {args.name}"
+        + (f" --remark {args.remark!r}" if args.remark else "")
+        + "`\n"
     )
-    _atomic_write(os.path.join(RESULTS_DIR, f"{args.name}.md"), md)
+    _atomic_write(os.path.join(results_dir(), f"{args.name}.md"), md)
     return md
 
 

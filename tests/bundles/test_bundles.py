@@ -119,3 +119,14 @@ def test_train_one_iteration_and_resume(bundle, tmp_path):
     assert saved == ["checkpoint_checkpoint_epoch=1.pt", "checkpoint_checkpoint_epoch=2.pt"]
     state = torch.load(ckpt / "checkpoint_checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["max_epochs"] == 2
+
+
+def test_ssn_mean_ce_weight_option():
+    """brats_ssn's train config: the paper's loss by default, ``--mean_ce_weight`` reaches the loss."""
+    parser = ConfigParser()
+    parser.read_config(config("brats_ssn", "train.json"))
+    assert parser.get_parsed_content("loss").mean_ce_weight == 0.0
+    parser = ConfigParser()
+    parser.read_config(config("brats_ssn", "train.json"))
+    parser["mean_ce_weight"] = 1.0
+    assert parser.get_parsed_content("loss").mean_ce_weight == 1.0

@@ -1,0 +1,115 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Smoke test of the 2D benchmark pipeline: train (a few iterations), diagnose the saved weights, summarise."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
+
+
+@pytest.fixture
+def scripts(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_PROBSEG_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import bench_lesions2d
+    import diagnose_lesions2d
+    import summarize_lesions2d
+
+    yield bench_lesions2d, diagnose_lesions2d, summarize_lesions2d
+    for name in ("bench_lesions2d", "diagnose_lesions2d", "summarize_lesions2d", "_common"):
+        sys.modules.pop(name, None)
+
+
+def test_train_diagnose_summarize(scripts, tmp_path):
+    bench, diagnose, summarize = scripts
+    common = ["--iterations", "2", "--batch-size", "2", "--size", "32", "--train-cases", "4", "--test-cases", "4"]
+    common += ["--samples", "4", "--channels", "4", "8", "--threads", "1", "--save-dir", str(tmp_path / "w")]
+    pu = bench.main(["--models", "prob_unet", "--latent-dim", "2", "--name", "pu", *common])
+    ssn = bench.main(["--models", "ssn", "--mean-ce-weight", "1", "--mc-samples", "4", "--name", "ssn", *common])
+    assert [r["model"] for r in pu["rows"]] == ["oracle", "prob_unet"]
+    assert pu["rows"][1]["iterations"] == 2 and ssn["rows"][1]["iterations"] == 2
+    assert pu["rows"][0]["ged"] == ssn["rows"][0]["ged"]  # same held-out cases, same oracle draws
+
+    small = ["--channels", "4", "8", "--size", "32", "--test-cases", "4", "--samples", "4"]
+    d_pu = diagnose.main(
+        ["--model", "prob_unet", "--latent-dim", "2", "--weights", str(tmp_path / "w" / "pu_prob_unet.pt")]
+        + small
+        + ["--name", "pu_diagnosis"]
+    )["rows"][0]
+    d_ssn = diagnose.main(
+        ["--model", "ssn", "--weights", str(tmp_path / "w" / "ssn_ssn.pt")] + small + ["--name", "ssn_diagnosis"]
+    )["rows"][0]
+    # the diagnosis redraws the same samples and oracle draws as the benchmark's evaluation
+    assert d_pu["ged"] == pytest.approx(pu["rows"][1]["ged"], abs=1e-6)
+    assert d_pu["ged_oracle"] == pytest.approx(pu["rows"][0]["ged"], abs=1e-6)
+    assert d_ssn["ged"] == pytest.approx(ssn["rows"][1]["ged"], abs=1e-6)
+    for d in (d_pu, d_ssn):
+        assert 0.0 <= d["nearest_mode_iou"] <= 1.0 and 0.0 <= d["mode_frequency_error"] <= 1.0
+        assert d["ged_snapped"] >= 0.0
+    assert "ged_posterior_recon" in d_pu and "ged_posterior_recon" not in d_ssn
+    assert len(d_pu["kl_per_latent_dim"]) == 2 and 0.0 < d_pu["kl_top_dim_share"] <= 1.0
+
+    md = summarize.main(["pu", "ssn", "--name", "table", "--remark", "smoke run."])
+    assert "smoke run." in md and "| pu | prob_unet |" in md and "| ssn | ssn |" in md
+    with open(tmp_path / "results" / "table.md") as f:
+        assert f.read().strip() == md.strip()
+    with open(tmp_path / "results" / "pu.json") as f:
+        assert json.load(f)["args"]["latent_dim"] == 2
+
+
+def test_diagnose_rejects_missing_weights(scripts, tmp_path):
+    _, diagnose, _ = scripts
+    with pytest.raises(SystemExit):
+        diagnose.main(["--model", "ssn", "--weights", str(tmp_path / "nope.pt"), "--name", "x"])
+
+
+class _ModeCycler:
+    """A stand-in sampler whose samples are exactly the cases' true modes, each mode in turn."""
+
+    def __init__(self, cases):
+        self.cases = cases
+        self.drawn = 0
+
+    def eval(self):
+        return self
+
+    def distribution(self, x):
+        return x
+
+    def sample(self, maps, num_samples, generator=None):
+        import numpy as np
+        import torch
+
+        out = []
+        for case in self.cases:
+            modes = np.stack([m for m, _ in case["modes"]])
+            idx = [(self.drawn + j) % len(modes) for j in range(num_samples)]
+            out.append(torch.nn.functional.one_hot(torch.from_numpy(modes[idx]).long(), 2).permute(0, 3, 1, 2))
+        self.drawn += num_samples
+        return torch.stack(out).float()
+
+
+def test_diagnosis_of_exact_modes(scripts):
+    """Samples that are exact modes: snapping changes nothing, and each mode's closest sample is the mode."""
+    _, diagnose, _ = scripts
+    from monai_probseg.data.synthetic import ambiguous_lesions_2d
+
+    cases = ambiguous_lesions_2d(6, (24, 24), num_annotators=4, seed=3)
+    out = diagnose.diagnose("ssn", _ModeCycler(cases), cases, num_samples=20, seed=0)
+    assert out["nearest_mode_iou"] == 1.0 and out["frac_iou_above_0.9"] == 1.0
+    assert out["ged_snapped"] == pytest.approx(out["ged"], abs=1e-7)
+    assert out["ged_best_sample"] == pytest.approx(out["ged_oracle"], abs=1e-7)
+    # uniform over the modes vs the true probabilities: total variation as computed by hand
+    tv = []
+    for case in cases:
+        probs = [p for _, p in case["modes"]]
+        counts = [len([j for j in range(20) if j % len(probs) == k]) / 20 for k in range(len(probs))]
+        tv.append(0.5 * sum(abs(c - p) for c, p in zip(counts, probs)))
+    assert out["mode_frequency_error"] == pytest.approx(sum(tv) / len(tv))
