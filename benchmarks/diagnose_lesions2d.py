@@ -64,6 +64,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
+# the diagnosis columns that summarize_lesions2d.py adds to each run's row
+DIAGNOSIS_COLUMNS = (
+    "ged_snapped",
+    "ged_posterior_recon",
+    "ged_best_sample",
+    "nearest_mode_iou",
+    "mode_frequency_error",
+    "empty_rate_model",
+    "empty_rate_true",
+    "posterior_recon_iou",
+    "kl_top_dim_share",
+    "posterior_over_prior_sigma_top_dim",
+)
+
+
 @torch.no_grad()
 def diagnose(name, net, cases, num_samples, seed):
     net.eval()
@@ -161,22 +176,7 @@ def main(argv=None) -> dict:
         parser.error(f"--weights {args.weights} does not fit a {args.model} with channels {args.channels}: {e}")
     cases = ambiguous_lesions_2d(args.test_cases, (args.size,) * 2, num_annotators=4, seed=args.seed + 1000)
     row = diagnose(args.model, net, cases, args.samples, args.seed)
-    cols = [
-        "model",
-        "ged",
-        "ged_oracle",
-        "ged_snapped",
-        "ged_posterior_recon",
-        "ged_best_sample",
-        "nearest_mode_iou",
-        "frac_iou_above_0.9",
-        "mode_frequency_error",
-        "empty_rate_model",
-        "empty_rate_true",
-        "posterior_recon_iou",
-        "kl_top_dim_share",
-        "posterior_over_prior_sigma_top_dim",
-    ]
+    cols = ["model", "ged", "ged_oracle", "frac_iou_above_0.9", *DIAGNOSIS_COLUMNS]
     md = (
         f"# Where the GED comes from: {args.model}, {args.test_cases} held-out cases, {args.samples} samples\n\n"
         + md_table([row], cols)

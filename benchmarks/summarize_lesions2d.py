@@ -22,19 +22,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import _atomic_write, md_table, results_dir  # noqa: E402
+from diagnose_lesions2d import DIAGNOSIS_COLUMNS  # noqa: E402
 
-DIAGNOSIS = (
-    "ged_snapped",
-    "ged_posterior_recon",
-    "ged_best_sample",
-    "nearest_mode_iou",
-    "mode_frequency_error",
-    "empty_rate_model",
-    "empty_rate_true",
-    "posterior_recon_iou",
-    "kl_top_dim_share",
-    "posterior_over_prior_sigma_top_dim",
-)
+DIAGNOSIS = DIAGNOSIS_COLUMNS
 COLUMNS = [
     "run",
     "model",
