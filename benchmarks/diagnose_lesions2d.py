@@ -51,18 +51,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
-from bench_lesions2d import build, evaluate  # noqa: E402
+from bench_lesions2d import build, case_groups, draw, evaluate  # noqa: E402
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boolean masks broadcast over leading axes (last two spatial); 1 when both are empty."""
-    inter = (a & b).sum((-1, -2))
-    union = (a | b).sum((-1, -2))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
+from monai_probseg.metrics import pairwise_iou  # noqa: E402
 
 # the diagnosis columns that summarize_lesions2d.py adds to each run's row
 DIAGNOSIS_COLUMNS = (
@@ -79,39 +72,36 @@ DIAGNOSIS_COLUMNS = (
 )
 
 
+def _mode_ious(samples: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """IoU of each of ``(N, H, W)`` label maps with each of ``(M, H, W)`` modes: ``(N, M)``, 1 when both are empty."""
+    return pairwise_iou(samples[None], modes[None], num_classes=2)[0, ..., 0]
+
+
 @torch.no_grad()
 def diagnose(name, net, cases, num_samples, seed):
-    net.eval()
     x = torch.from_numpy(np.stack([c["image"] for c in cases])).float()
     annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
-    gen = torch.Generator().manual_seed(seed)
-    samples = torch.cat(
-        [
-            net.sample(net.distribution(x), min(25, num_samples - start), gen).argmax(2)
-            for start in range(0, num_samples, 25)
-        ],
-        1,
-    )
-    binary = samples.numpy().astype(bool)
+    samples = draw(name, net, x, num_samples, seed)  # the same samples as bench_lesions2d.py evaluates
+    may_be_empty = case_groups(cases)["may_be_empty"]  # then the empty mode comes first
+    modes = [torch.from_numpy(np.stack([m for m, _ in c["modes"]])).long() for c in cases]
     best, above, tv, empty_model, empty_true, best_per_mode = [], [], [], [], [], []
-    snapped = np.zeros(binary.shape, dtype=np.int64)
+    snapped = torch.zeros_like(samples)
     for i, case in enumerate(cases):
-        modes = np.stack([m for m, _ in case["modes"]]).astype(bool)
         probs = np.array([p for _, p in case["modes"]])
-        scores = iou(binary[i][:, None], modes[None])  # (N, M)
+        scores = _mode_ious(samples[i], modes[i])  # (N, M)
         nearest = scores.argmax(1)
-        snapped[i] = modes[nearest]
-        best_per_mode.append(binary[i][scores.argmax(0)])  # (M, H, W): each mode's closest sample
-        best.append(scores.max(1).mean())
-        above.append((scores.max(1) > 0.9).mean())
-        tv.append(0.5 * np.abs(np.bincount(nearest, minlength=len(probs)) / num_samples - probs).sum())
-        if not modes[0].any():  # the empty mode comes first when annotators may see no lesion
-            empty_model.append(float((nearest == 0).mean()))
+        snapped[i] = modes[i][nearest]
+        best_per_mode.append(samples[i][scores.argmax(0)])  # (M, H, W): each mode's closest sample
+        best.append(float(scores.max(1).values.mean()))
+        above.append(float((scores.max(1).values > 0.9).float().mean()))
+        tv.append(0.5 * np.abs(np.bincount(nearest.numpy(), minlength=len(probs)) / num_samples - probs).sum())
+        if may_be_empty[i]:
+            empty_model.append(float((nearest == 0).float().mean()))
             empty_true.append(float(probs[0]))
     out = {
         "model": name,
         "ged": evaluate(samples, annotations)["ged"],
-        "ged_snapped": evaluate(torch.from_numpy(snapped), annotations)["ged"],
+        "ged_snapped": evaluate(snapped, annotations)["ged"],
         "nearest_mode_iou": float(np.mean(best)),
         "frac_iou_above_0.9": float(np.mean(above)),
         "mode_frequency_error": float(np.mean(tv)),
@@ -121,33 +111,31 @@ def diagnose(name, net, cases, num_samples, seed):
     oracle_draws, oracle_modes = zip(
         *(sample_oracle(c, num_samples, seed=i, return_indices=True) for i, c in enumerate(cases))
     )
+    oracle_modes = [torch.from_numpy(m) for m in oracle_modes]
     out["ged_oracle"] = evaluate(torch.from_numpy(np.stack(oracle_draws)).long(), annotations)["ged"]
-    chosen = np.stack([best_per_mode[i][oracle_modes[i]] for i in range(len(cases))])
-    out["ged_best_sample"] = evaluate(torch.from_numpy(chosen).long(), annotations)["ged"]
+    chosen = torch.stack([best_per_mode[i][oracle_modes[i]] for i in range(len(cases))])
+    out["ged_best_sample"] = evaluate(chosen, annotations)["ged"]
     if name == "prob_unet":
-        recon, kl, sigma_ratio = [], [], []
-        for k in range(annotations.shape[1]):
-            y = annotations[:, k : k + 1]
-            res = net(x, y)  # posterior mean in eval mode
-            pred = res["logits"].argmax(1).numpy().astype(bool)
-            recon.append(iou(pred, y[:, 0].numpy().astype(bool)))
+        # one posterior pass per true mode; an annotation is one of the modes (``annotator_modes``)
+        recon_iou, kl, sigma_ratio, recon_draws = [], [], [], []
+        for i, case in enumerate(cases):
+            res = net(x[i : i + 1].expand(len(modes[i]), -1, -1, -1), modes[i][:, None])  # posterior mean (eval)
+            per_mode = res["logits"].argmax(1)
+            ann = torch.from_numpy(case["annotator_modes"])
+            recon_iou.append(_mode_ious(per_mode, modes[i]).diagonal()[ann])
             kl.append(
                 gaussian_kl_divergence(
                     res["posterior_mean"], res["posterior_log_sigma"], res["prior_mean"], res["prior_log_sigma"]
-                )
+                )[ann]
             )
-            sigma_ratio.append(torch.exp(res["posterior_log_sigma"] - res["prior_log_sigma"]))
-        out["posterior_recon_iou"] = float(np.mean(recon))
+            sigma_ratio.append(torch.exp(res["posterior_log_sigma"] - res["prior_log_sigma"])[ann])
+            recon_draws.append(per_mode[oracle_modes[i]])
+        out["posterior_recon_iou"] = float(torch.cat(recon_iou).mean())
         kl_per_dim = torch.cat(kl).mean(0)  # (D,) nats per latent dimension
         main_dim = int(kl_per_dim.argmax())
         out["kl_per_latent_dim"] = [round(float(v), 4) for v in kl_per_dim]
         out["kl_top_dim_share"] = float(kl_per_dim[main_dim] / kl_per_dim.sum())
         out["posterior_over_prior_sigma_top_dim"] = float(torch.cat(sigma_ratio)[:, main_dim].median())
-        recon_draws = []
-        for i, case in enumerate(cases):
-            modes = torch.from_numpy(np.stack([m for m, _ in case["modes"]])).long()[:, None]
-            per_mode = net(x[i : i + 1].expand(len(modes), -1, -1, -1), modes)["logits"].argmax(1)
-            recon_draws.append(per_mode[torch.from_numpy(oracle_modes[i])])
         out["ged_posterior_recon"] = evaluate(torch.stack(recon_draws), annotations)["ged"]
     return out
 
