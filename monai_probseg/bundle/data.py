@@ -150,6 +150,8 @@ def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[
     out["image"] = images
     out["label"] = absolute(label) if label is not None else None
     out["raters"] = [absolute(p) for p in (raters or [])]
+    if out.get("brainmask"):
+        out["brainmask"] = absolute(out["brainmask"])
     if not out.get("case_id"):
         out["case_id"] = _case_id_from_path(images[0])
     return out
@@ -360,7 +362,10 @@ class BundleDatalist:
         return out
 
     def labelled_items(self, key: str = "validation") -> list[dict[str, Any]]:
-        """Items for validation: ``{"case_id", "image", "label"}``, the consensus file or, without one, the raters.
+        """Items for validation: ``{"case_id", "image", "label", "raters"}``.
+
+        ``"label"`` is the consensus file or, without one, the raters; ``"raters"`` the rater files or, without
+        any, ``[consensus]`` (``StackAnnotatorsd`` stacks them for sample-set metrics such as the GED).
 
         Falls back to every case when the list is missing or empty; cases with neither are left out.
 
@@ -371,7 +376,8 @@ class BundleDatalist:
         for item in self.items(key):
             label = item["label"] or (list(item["raters"]) if item["raters"] else None)
             if label is not None:
-                out.append({"case_id": item["case_id"], "image": item["image"], "label": label})
+                raters = list(item["raters"]) if item["raters"] else [item["label"]]
+                out.append({"case_id": item["case_id"], "image": item["image"], "label": label, "raters": raters})
         if not out:
             raise ValueError(f"no case of '{key}' has a label or raters to validate against.")
         return out

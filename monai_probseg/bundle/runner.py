@@ -46,8 +46,9 @@ from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_file
 from monai_probseg.bundle.distributed import gather_objects, partition_items, rank_and_world_size
 from monai_probseg.bundle.evaluation import BRATS_REGIONS, evaluate_case, write_json_atomic, write_metrics
 from monai_probseg.bundle.utils import load_weights
+from monai_probseg.metrics.plausibility import plausibility_scores, plausibility_warnings
 
-__all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "save_like"]
+__all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "format_plausibility", "save_like"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,20 @@ def _root_cause(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     return f"{type(e).__name__}: {e}"
+
+
+def format_plausibility(scores: Mapping[str, float]) -> str:
+    """The plausibility figures of a case as a short log fragment (empty when there are none)."""
+    if not scores:
+        return ""
+    text = (
+        f"; far entropy {scores['far_entropy_median']:.3f}, boundary/far entropy {scores['boundary_far_ratio']:.1f}x, "
+        f"brain with entropy > 0.5: {100 * scores['high_entropy_fraction']:.1f}%"
+    )
+    if "sample_volume_ratio_min" in scores:
+        low, high = scores["sample_volume_ratio_min"], scores["sample_volume_ratio_max"]
+        text += f", sample/mean tumour volume {low:.2f}-{high:.2f}"
+    return text
 
 
 def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str, dtype: np.dtype | type) -> str:
@@ -156,8 +171,10 @@ class ProbSegInferenceRunner:
         evaluate: bool = False,
         progress: bool = True,
         on_failure: str = "exit",
+        plausibility_limits: Mapping[str, float] | None = None,
     ) -> None:
         self.network = network
+        self.plausibility_limits = dict(plausibility_limits or {})
         self.inferer = inferer
         self.data = data
         self.preprocessing = preprocessing
@@ -328,6 +345,7 @@ class ProbSegInferenceRunner:
                 count = int(np.isin(seg, labels).sum())
                 volumes[name] = count * voxel / (1000.0 if spatial_dims == 3 else 1.0)
         entropy = float(arrays["entropy"].mean()) if "entropy" in arrays else float("nan")
+        plausibility = self._plausibility(item, arrays, reference, spatial_dims)
         summary = {
             "case_id": case_id,
             "shape": list(ref_shape),
@@ -335,10 +353,40 @@ class ProbSegInferenceRunner:
             "mean_entropy": entropy,
             "volumes": volumes,
             "volume_unit": "mL" if spatial_dims == 3 else "mm2",
+            "plausibility": plausibility,
+            "warnings": plausibility_warnings(plausibility, self.plausibility_limits) if plausibility else [],
             "inputs": {"image": list(item["image"]), "label": item.get("label"), "raters": item.get("raters") or []},
             "outputs": written,
         }
         return summary, scores
+
+    def _plausibility(
+        self, item: Mapping[str, Any], arrays: Mapping[str, np.ndarray], reference: Any, spatial_dims: int
+    ) -> dict[str, float]:
+        """Plausibility figures of the case's maps (:func:`~monai_probseg.metrics.plausibility_scores`), in mm.
+
+        Distances are measured from the mean prediction's tumour (every label of ``regions``); the brain is the
+        case's ``brainmask`` file when the datalist has one, else the voxels where any modality is non-zero.
+        """
+        if "entropy" not in arrays or "seg" not in arrays:
+            return {}
+        labels = sorted({lab for labs in self.regions.values() for lab in labs})
+        tumour = np.isin(arrays["seg"], labels)
+        samples = None
+        if "samples" in arrays:
+            samples = arrays["samples"]
+            samples = samples[None] if samples.ndim == spatial_dims else np.moveaxis(samples, -1, 0)
+            samples = np.isin(samples, labels)
+        if item.get("brainmask"):
+            brain = np.asanyarray(nib.load(item["brainmask"]).dataobj).reshape(tumour.shape) > 0
+        else:
+            brain = np.zeros(tumour.shape, dtype=bool)
+            for path in item["image"]:
+                data = np.asanyarray(nib.load(path).dataobj)
+                if data.size == brain.size:  # a multi-channel file would not be one modality: leave it out
+                    brain |= data.reshape(brain.shape) != 0
+        spacing = tuple(float(z) for z in reference.header.get_zooms()[:spatial_dims])
+        return plausibility_scores(arrays["entropy"], tumour, samples=samples, brain=brain, spacing=spacing)
 
     def _evaluate(
         self, item: Mapping[str, Any], maps: Mapping[str, torch.Tensor], reference: Any, spatial_dims: int
@@ -433,20 +481,26 @@ class ProbSegInferenceRunner:
                     metrics[case_id] = scores
                 vols = ", ".join(f"{k} {v:.2f} {summary['volume_unit']}" for k, v in summary["volumes"].items())
                 logger.info(
-                    "%s: shape %s, %.1f s, mean entropy %.4f, %s",
+                    "%s: shape %s, %.1f s, mean entropy %.4f, %s%s",
                     case_id,
                     "x".join(map(str, summary["shape"])),
                     summary["seconds"],
                     summary["mean_entropy"],
                     vols,
+                    format_plausibility(summary["plausibility"]),
                 )
+                if summary["warnings"]:
+                    logger.warning(
+                        "case '%s': the samples and maps look implausible: %s", case_id, "; ".join(summary["warnings"])
+                    )
 
         gathered = gather_objects((summaries, failed, metrics))
         summaries = sorted((s for g in gathered for s in g[0]), key=lambda s: ids.index(s["case_id"]))
         failed = {k: v for g in gathered for k, v in g[1].items()}
         all_metrics = {k: v for g in gathered for k, v in g[2].items()}
         metrics = {k: all_metrics[k] for k in ids if k in all_metrics}
-        result: dict[str, Any] = {"cases": summaries, "failed": failed}
+        implausible = [s["case_id"] for s in summaries if s["warnings"]]
+        result: dict[str, Any] = {"cases": summaries, "failed": failed, "implausible": implausible}
         if rank == 0:
             write_json_atomic(
                 {"output_dir": self.output_dir, "num_cases": len(items), **result},
@@ -458,6 +512,12 @@ class ProbSegInferenceRunner:
                 json_path, csv_path = write_metrics(metrics, self.output_dir, extra={"failed": failed})
                 logger.info("metrics of %d case(s): %s, %s", len(metrics), json_path, csv_path)
         logger.info("wrote the outputs of %d of %d case(s) to %s", len(summaries), len(items), self.output_dir)
+        if implausible:
+            logger.warning(
+                "%d case(s) with implausible samples or maps (see 'warnings' in inference_summary.json): %s",
+                len(implausible),
+                ", ".join(implausible),
+            )
         if failed and self.on_failure != "ignore":
             lines = "\n".join(f"  {k}: {v}" for k, v in failed.items())
             message = (

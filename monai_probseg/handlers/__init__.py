@@ -4,3 +4,4 @@
 from __future__ import annotations
 
 from .ema import EMAHandler, ExponentialMovingAverage
+from .sample_metrics import GeneralizedEnergyDistance, lower_is_better

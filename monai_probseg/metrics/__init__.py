@@ -27,3 +27,4 @@ from .regions import (
 from .seams import plane_differences, seam_ratio, window_borders, window_transitions
 from .uncertainty import UNCERTAINTY_MAP_KEYS, StreamingUncertaintyMaps, uncertainty_maps
 from .utils import pairwise_distance, pairwise_iou, set_iou_blocks
+from .plausibility import PLAUSIBILITY_LIMITS, plausibility_scores, plausibility_warnings
