@@ -11,6 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
+from sphinx.ext.autodoc.preserve_defaults import update_defvalue  # noqa: E402
+from sphinx.util.inspect import signature as sphinx_signature  # noqa: E402
+from sphinx.util.inspect import stringify_signature  # noqa: E402
+
 import monai_probseg  # noqa: E402
 
 project = "monai_probseg"
@@ -32,8 +36,9 @@ napoleon_use_rtype = False
 # keeps that to objects defined in monai_probseg (not ``torch``, ``annotations`` or MONAI names).
 autodoc_member_order = "groupwise"
 autodoc_inherit_docstrings = False  # do not pull torch / MONAI docstrings into overridden methods
-autodoc_class_signature = "separated"
+autodoc_class_signature = "mixed"  # constructor signature with defaults on the class line
 autodoc_typehints = "signature"
+autodoc_preserve_defaults = True  # defaults as written in the source (``np.float32``, not ``<class ...>``)
 
 html_theme = "alabaster"
 html_theme_options = {"description": "Probabilistic segmentation for MONAI", "fixed_sidebar": True}
@@ -52,5 +57,19 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
     return None if name.isupper() else True
 
 
+def _init_signature_of_map_transforms(app, what, name, obj, options, signature, return_annotation):
+    """Show ``__init__``'s signature for classes whose ``__new__`` only forwards (MONAI's ``MapTransform``).
+
+    autodoc reads a class signature from ``__new__`` before ``__init__``; ``MapTransform.__new__(cls, *args,
+    **kwargs)`` would make every dictionary transform read ``(*args, **kwargs)``.
+    """
+    if what != "class" or signature != "(*args, **kwargs)" or not inspect.isfunction(getattr(obj, "__init__", None)):
+        return None
+    update_defvalue(app, obj.__init__, True)
+    sig = sphinx_signature(obj.__init__, bound_method=True)
+    return stringify_signature(sig, show_return_annotation=False, unqualified_typehints=True), return_annotation
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_foreign_members)
+    app.connect("autodoc-process-signature", _init_signature_of_map_transforms)

@@ -106,6 +106,19 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 "    Dice vs the phantom's consensus: " + ", ".join(f"{k} {v:.3f}" for k, v in case["dice"].items())
             )
+        plaus = case.get("plausibility") or {}
+        if plaus:
+            text = (
+                f"    plausibility: median entropy > 8 mm from the tumour {plaus['far_entropy_median']:.3f} nats, "
+                f"boundary/far entropy {plaus['boundary_far_ratio']:.1f}x, "
+                f"brain with entropy > 0.5: {100 * plaus['high_entropy_fraction']:.1f}%"
+            )
+            if "sample_volume_ratio_min" in plaus:
+                low, high = plaus["sample_volume_ratio_min"], plaus["sample_volume_ratio_max"]
+                text += f", sample/mean tumour volume {low:.2f}-{high:.2f}"
+            lines.append(text)
+        for warning in case.get("warnings") or []:
+            lines.append(f"    WARNING: {warning}")
         for key, (path, shape) in case["files"].items():
             lines.append(f"    {key:<12} {'x'.join(map(str, shape)):<16} {path}")
         ok = case["affine_ok"] and case["sitk_ok"]

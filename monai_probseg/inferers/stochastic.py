@@ -3,7 +3,7 @@
 
 """Sliding-window inference that draws N coherent samples of a whole volume at about the cost of one pass.
 
-See DESIGN.md, "The idea that makes whole-volume sampling fast and coherent": a stochastic network exposes
+See docs/design.rst, "The model contract: spatial parameter maps plus global noise": a stochastic network exposes
 its output distribution as spatial parameter maps that sliding-window inference stitches like logits, plus a
 sampler that turns the stitched maps and *global* noise into samples. The expensive backbone then runs once
 per window, the cheap head once per sample, and sample k has the same "style" in every window (no seams).

@@ -115,12 +115,17 @@ def plausibility_scores(
     return scores
 
 
-def plausibility_warnings(scores: Mapping[str, float], limits: Mapping[str, float] | None = None) -> list[str]:
+def plausibility_warnings(
+    scores: Mapping[str, float],
+    limits: Mapping[str, float] | None = None,
+    reference_name: str = "the mean segmentation",
+) -> list[str]:
     """Messages for the figures of :func:`plausibility_scores` outside ``limits`` (empty: the case looks plausible).
 
     Args:
         scores: the output of :func:`plausibility_scores`.
         limits: overrides of :data:`PLAUSIBILITY_LIMITS` (same keys).
+        reference_name: what the reference tumour of ``scores`` is, for the messages.
     """
     lim = {**PLAUSIBILITY_LIMITS, **(limits or {})}
     out = []
@@ -141,11 +146,12 @@ def plausibility_warnings(scores: Mapping[str, float], limits: Mapping[str, floa
         low, high_ratio = scores.get("sample_volume_ratio_min"), scores.get("sample_volume_ratio_max")
         if low is not None and low < lim["sample_volume_ratio_min"]:
             out.append(
-                f"a sample holds {low:.2f}x the reference tumour volume (expected >= {lim['sample_volume_ratio_min']})"
+                f"a sample holds {low:.2f}x the tumour volume of {reference_name} "
+                f"(expected >= {lim['sample_volume_ratio_min']})"
             )
         if high_ratio is not None and high_ratio > lim["sample_volume_ratio_max"]:
             out.append(
-                f"a sample holds {high_ratio:.2f}x the reference tumour volume "
+                f"a sample holds {high_ratio:.2f}x the tumour volume of {reference_name} "
                 f"(expected <= {lim['sample_volume_ratio_max']})"
             )
     return out

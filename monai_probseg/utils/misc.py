@@ -17,7 +17,7 @@ def make_generator(
 ) -> torch.Generator | None:
     """Return a ``torch.Generator`` on ``device`` for a seed, pass a generator through, or ``None`` for ``None``.
 
-    Every random draw in monai_probseg takes a generator or a seed (see DESIGN.md): the same seed gives
+    Every random draw in monai_probseg takes a generator or a seed (see docs/design.rst): the same seed gives
     the same samples. ``None`` means torch's global random state.
 
     Args:

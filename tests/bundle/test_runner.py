@@ -186,3 +186,25 @@ def test_output_dir_checked_before_any_work(dataset, tmp_path):
     assert folder_hash(dataset) == before
     with pytest.raises(ValueError, match="outputs must be some of"):
         _runner([], tmp_path, outputs=("seg", "nope"))
+
+
+def test_plausibility_in_summary(dataset, tmp_path, caplog):
+    """An untrained network gives noisy maps: every case is flagged, by name, in the log and the summary."""
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="monai_probseg.bundle.runner"):
+        result = _runner(BundleDatalist(str(dataset)), out).run()
+    with open(out / "inference_summary.json") as f:
+        summary = json.load(f)
+    for case in summary["cases"]:
+        plaus = case["plausibility"]
+        assert {"far_entropy_median", "boundary_far_ratio", "high_entropy_fraction"} <= set(plaus)
+        assert {"sample_volume_ratio_min", "sample_volume_ratio_max"} <= set(plaus)
+        seg = np.asarray(nib.load(str(out / f"{case['case_id']}_seg.nii.gz")).dataobj)
+        entropy = nib.load(str(out / f"{case['case_id']}_entropy.nii.gz")).get_fdata()
+        brain = np.asarray(nib.load(case["inputs"]["image"][0]).dataobj) != 0
+        if not (seg > 0).any():  # nothing predicted: "far" is the whole brain
+            assert plaus["far_entropy_median"] == pytest.approx(np.median(entropy[brain]), abs=1e-5)
+        assert plaus["high_entropy_fraction"] == pytest.approx((entropy[brain] > 0.5).mean(), abs=1e-6)
+    flagged = [c["case_id"] for c in summary["cases"] if c["warnings"]]
+    assert summary["implausible"] == result["implausible"] == flagged and flagged
+    assert any(flagged[0] in r.getMessage() and "implausible" in r.getMessage() for r in caplog.records)

@@ -121,12 +121,14 @@ def test_train_one_iteration_and_resume(bundle, tmp_path):
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["max_epochs"] == 2
 
 
-def test_ssn_mean_ce_weight_option():
-    """brats_ssn's train config: the paper's loss by default, ``--mean_ce_weight`` reaches the loss."""
+def test_ssn_recipe_options():
+    """brats_ssn's train config: the shipped recipe (mean cross-entropy 1, covariance inside the brain), and
+    ``--mean_ce_weight 0`` gives the paper's loss alone."""
     parser = ConfigParser()
     parser.read_config(config("brats_ssn", "train.json"))
-    assert parser.get_parsed_content("loss").mean_ce_weight == 0.0
-    parser = ConfigParser()
-    parser.read_config(config("brats_ssn", "train.json"))
-    parser["mean_ce_weight"] = 1.0
     assert parser.get_parsed_content("loss").mean_ce_weight == 1.0
+    assert parser.get_parsed_content("network_def").roi_from_image
+    parser = ConfigParser()
+    parser.read_config(config("brats_ssn", "train.json"))
+    parser["mean_ce_weight"] = 0.0
+    assert parser.get_parsed_content("loss").mean_ce_weight == 0.0

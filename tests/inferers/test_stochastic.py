@@ -12,7 +12,7 @@ from monai_probseg.metrics import uncertainty_maps
 
 
 class ToyDistribution(nn.Module):
-    """A distribution model with the contract of DESIGN.md: logits = mean(x) + scale * eps, eps global per sample."""
+    """A distribution model (contract of docs/design.rst): logits = mean(x) + scale * eps, eps global per sample."""
 
     in_channels = 1
 

@@ -77,7 +77,7 @@ class DiffusionSegmentation(nn.Module):
     volume. Sample ``n`` is therefore one coherent reverse process over the volume (no seams), at the cost of the
     window passes at every step. :py:class:`monai_probseg.inferers.StochasticSlidingWindowInferer` calls it.
 
-    Model contract (see DESIGN.md):
+    Model contract (see docs/design.rst):
 
     - eval ``forward(x)`` returns segmentation logits ``(B, C, *spatial)``: ``log`` of the probabilities of ONE
       deterministic DDIM sample (``eta = 0``, ``forward_steps`` steps, initial noise from ``forward_seed``), so

@@ -47,7 +47,7 @@ class StochasticSegmentationNetwork(nn.Module):
     the covariance tends to blow up in the air, where the label is certain. If the parameters of a batch item are
     not finite the item falls back to the mean with an ``epsilon`` diagonal (see :py:attr:`num_fallbacks`).
 
-    Model contract (see DESIGN.md):
+    Model contract (see docs/design.rst):
 
     - eval ``forward(x)`` returns the mean logits ``(B, C, *spatial)``;
     - training ``forward(x, y)`` returns ``{"logits", "mean", "cov_factor", "cov_diag"}`` (``y`` is ignored);
