@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from typing import Any
 
 import torch
 
 import monai_probseg
+from monai_probseg.utils import write_text_atomic
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -42,28 +42,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_results(name: str, results: dict[str, Any], markdown: str, out_dir: str | None = None) -> tuple[str, str]:
     """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md`` atomically (``out_dir`` defaults to
     :func:`results_dir`) and return both paths."""
     out_dir = results_dir() if out_dir is None else out_dir
     json_path = os.path.join(out_dir, f"{name}.json")
     md_path = os.path.join(out_dir, f"{name}.md")
-    _atomic_write(json_path, json.dumps(results, indent=2, default=float) + "\n")
-    _atomic_write(md_path, markdown.rstrip() + "\n")
+    write_text_atomic(json.dumps(results, indent=2, default=float) + "\n", json_path)
+    write_text_atomic(markdown.rstrip() + "\n", md_path)
     return json_path, md_path
 
 

@@ -16,8 +16,9 @@ of the weights (evaluated with the EMA weights). On the held-out cases, with DDI
   Dice and wall time of the same batch, measured in the same run (speed-up ratio).
 
 Part 2, 3D whole volume: a 96^3 BraTS-like phantom (4 modalities, 4 labels) sampled with 48^3 windows through
-``sample_windowed`` (noise drawn once for the volume, windows blended at every step), by a model trained briefly on
-random 48^3 patches of other phantoms. Seam measure (the inferer's): :py:func:`monai_probseg.metrics.seam_ratio` of
+``sample(..., window_fn=...)`` (noise drawn once for the volume, windows blended at every step), by a model trained
+briefly on random 48^3 patches of other phantoms. Seam measure (the inferer's):
+:py:func:`monai_probseg.metrics.seam_ratio` of
 each sample's deviation from the sample mean, at the planes where windows meet (``window_transitions`` for Gaussian,
 ``window_borders`` for constant blending) vs interior planes, averaged over the three axes (about 1 = no seam); and
 the difference to the same-seed sample of the whole volume as one window. Baseline: the naive way, each window
@@ -26,11 +27,15 @@ sampled on its own (own noise) and the windows blended by MONAI's ``sliding_wind
 Run (CPU: 10 min 2D training, 2 min 3D training, then sampling; DDPM's 1000 steps dominate the evaluation)::
 
     python benchmarks/bench_diffusion.py --budget 600
+    # results/diffusion.md: v-prediction on 4000 cases, DDIM eta 0 and 1 vs DDPM on 12 cases, 2D only
+    python benchmarks/bench_diffusion.py --budget 600 --train-cases 4000 --test-cases 16 --ddpm-cases 12 --skip-3d \\
+        --threads 2 --prediction-type v_prediction --compare-etas 0 1
     python benchmarks/bench_diffusion.py --budget 60 --train-cases 32 --test-cases 4 --ged-samples 8 \\
         --ddpm-cases 1 --train-timesteps 200 --volume-size 48 --roi 32 --budget-3d 20 --volume-steps 3 \\
         --name diffusion_smoke   # smoke run, about 5 min
 
-Writes ``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name diffusion`` by default).
+Writes ``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name diffusion`` by default, the canonical result;
+other runs take another ``--name`` or a scratch ``MONAI_PROBSEG_RESULTS_DIR``: ``results/experiments.md``).
 """
 
 from __future__ import annotations
@@ -55,7 +60,6 @@ from _common import RESULTS_DIR, machine_info, md_table, write_results  # noqa: 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, brats_phantom, majority_vote, sample_oracle  # noqa: E402
 from monai_probseg.engines import DiffusionPrepareBatch, ProbSegTrainer  # noqa: E402
 from monai_probseg.handlers import EMAHandler  # noqa: E402
-from monai_probseg.losses import DiffusionLoss  # noqa: E402
 from monai_probseg.metrics import (  # noqa: E402
     generalized_energy_distance,
     hungarian_matched_iou,
@@ -85,7 +89,7 @@ def train(net, loader, budget, lr, ema_decay, seed, device):
         train_data_loader=loader,
         network=net,
         optimizer=torch.optim.AdamW(net.parameters(), lr=lr),
-        loss_function=DiffusionLoss(),
+        loss_function=torch.nn.MSELoss(),
         prepare_batch=DiffusionPrepareBatch(net, generator=seed),
         label_to_network=False,
         train_handlers=[ema],
@@ -111,12 +115,18 @@ def train(net, loader, budget, lr, ema_decay, seed, device):
     }
 
 
+def probabilities(net, images, num_samples, generator=None, **kwargs):
+    """``(B, N, C, *spatial)`` probabilities of ``num_samples`` samples: softmax of the logits ``net.sample`` gives."""
+    return torch.softmax(net.sample(net.distribution(images), num_samples, generator, **kwargs), 2)
+
+
 @torch.no_grad()
 def draw(net, images, num_samples, seed, chunk, **kwargs):
     """``(B, N, C, H, W)`` probabilities, ``chunk`` cases per call, one generator for the whole set."""
     gen = torch.Generator(device=images.device).manual_seed(seed)
     out = [
-        net.sample(images[i : i + chunk], num_samples, generator=gen, **kwargs) for i in range(0, len(images), chunk)
+        probabilities(net, images[i : i + chunk], num_samples, generator=gen, **kwargs)
+        for i in range(0, len(images), chunk)
     ]
     return torch.cat(out).cpu()
 
@@ -319,7 +329,7 @@ def part_3d(args, device):
         reference = None
         if args.whole_reference:
             gen = torch.Generator(device=device).manual_seed(args.seed)
-            probs, seconds = timed(lambda gen=gen: net.sample(image, args.volume_samples, generator=gen))
+            probs, seconds = timed(lambda gen=gen: probabilities(net, image, args.volume_samples, generator=gen))
             whole_row, reference = row("whole-volume", "gaussian", probs, seconds, None)
             rows.append(whole_row)
         for mode in args.volume_modes:
@@ -333,12 +343,12 @@ def part_3d(args, device):
             gen = torch.Generator(device=device).manual_seed(args.seed)
             if method == "windowed":
                 probs, seconds = timed(
-                    lambda gen=gen, fn=window_fn: net.sample_windowed(image, args.volume_samples, fn, gen)
+                    lambda gen=gen, fn=window_fn: probabilities(net, image, args.volume_samples, gen, window_fn=fn)
                 )
             else:  # naive: every window runs its own reverse process with its own noise
 
                 def predictor(window, gen=gen):
-                    p = net.sample(window, args.volume_samples, generator=gen)
+                    p = probabilities(net, window, args.volume_samples, generator=gen)
                     return p.reshape(window.shape[0], -1, *window.shape[2:])
 
                 probs, seconds = timed(

@@ -17,10 +17,12 @@ SSN (rank 10, MONAI UNet backbone 32..256) and the Probabilistic U-Net (32, 64, 
 
 Run::
 
-    python benchmarks/bench_inferer.py                       # the full benchmark (several minutes)
+    python benchmarks/bench_inferer.py --naive-samples 1 --memory-size 128 128 128   # results/inferer.md
     python benchmarks/bench_inferer.py --size 96 96 64 --samples 20 --naive-samples 1 --name inferer_smoke
+    python benchmarks/bench_inferer.py --memory-only --size 128 128 128 --threads 1   # peak memory only
 
-Writes ``benchmarks/results/inferer.json`` and ``inferer.md``.
+Writes ``benchmarks/results/<name>.json`` and ``<name>.md``: ``--name inferer`` by default (the canonical result),
+``inferer_memory`` with ``--memory-only``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from _common import machine_info, md_table, write_results  # noqa: E402
 
 from monai_probseg.data.synthetic import brats_phantom  # noqa: E402
 from monai_probseg.inferers import StochasticSlidingWindowInferer  # noqa: E402
+from monai_probseg.metrics import DEFAULT_UNCERTAINTY_MAPS  # noqa: E402
 from monai_probseg.networks.nets import ProbabilisticUNet, StochasticSegmentationNetwork  # noqa: E402
 
 logger = logging.getLogger("bench_inferer")
@@ -80,7 +83,7 @@ def make_inferer(args, num_samples, sampling="shared"):
         mode="gaussian",
         num_samples=num_samples,
         sample_batch_size=args.sample_batch_size,
-        outputs=("seg", "prob", "entropy", "mutual_info", "variance"),
+        outputs=DEFAULT_UNCERTAINTY_MAPS,
         seed=0,
         sample_roi="nonzero" if sampling == "shared" else None,
         sampling=sampling,
@@ -132,10 +135,12 @@ def main(argv=None) -> dict:
         "--memory-size", type=int, nargs=3, default=None, help="volume size of the peak-memory runs (default: --size)"
     )
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (no timing)")
-    parser.add_argument("--name", default="inferer")
+    parser.add_argument("--name", default=None, help="results file stem (inferer; inferer_memory with --memory-only)")
     parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe-model", default="ssn", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = "inferer_memory" if args.memory_only else "inferer"
     args.weights = {k: v for k, v in (("ssn", args.ssn_weights), ("prob_unet", args.prob_unet_weights)) if v}
     if args.memory_probe:
         memory_probe(args)

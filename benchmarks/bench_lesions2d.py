@@ -11,20 +11,22 @@ annotator per case and iteration, as Kohl et al. 2018 train on LIDC), then evalu
 - the oracle: the same metrics for samples drawn from each held-out case's true mask distribution;
 - the sampling cost: time for ``--samples`` samples vs one forward pass (eval), on the held-out batch.
 
-Run (about 3 x 15 minutes on 2 CPU cores with the defaults)::
+Run (the canonical run trains three models for 1000 iterations each, about 2 h on 2 CPU cores)::
 
-    python benchmarks/bench_lesions2d.py --iterations 1500
-    python benchmarks/bench_lesions2d.py --iterations 50 --test-cases 8 --samples 16   # smoke run
+    python benchmarks/bench_lesions2d.py --iterations 1000   # results/lesions2d.md
+    python benchmarks/bench_lesions2d.py --iterations 50 --test-cases 8 --samples 16 --name lesions2d_smoke
 
-    # a wall-clock budget per model (14 min), cosine learning-rate decay, 4000 training cases, 1 thread each
-    python benchmarks/bench_lesions2d.py --models prob_unet --iterations 100000 --budget 840 --schedule cosine \
-        --lr-scale 2 --train-cases 4000 --channels 16 32 64 128 --threads 1 --name lesions2d_15min_prob_unet
+    # a sweep run (results/experiments.md): a wall-clock budget per model (14 min), cosine learning-rate decay,
+    # 4000 training cases, 1 thread each, written to a scratch folder
+    MONAI_PROBSEG_RESULTS_DIR=/tmp/probseg_sweeps python benchmarks/bench_lesions2d.py --models prob_unet \\
+        --iterations 100000 --budget 840 --schedule cosine --lr-scale 2 --train-cases 4000 --channels 16 32 64 128 \\
+        --threads 1 --name lesions2d_15min_prob_unet
 
 The GED is also reported separately for the held-out cases where some annotators may see no lesion
 (``ged_may_be_empty``) and for the others (``ged_always_lesion``); ``--save-dir`` keeps the trained weights for
 further analysis.
 
-Writes ``benchmarks/results/lesions2d.json`` and ``lesions2d.md``.
+Writes ``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name lesions2d`` by default, the canonical result).
 """
 
 from __future__ import annotations

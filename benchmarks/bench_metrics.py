@@ -20,8 +20,10 @@ mode) are reported beside it. Both conventions for classes absent from both mask
 
 Usage::
 
-    python benchmarks/bench_metrics.py                # writes benchmarks/results/metrics.{json,md}
-    python benchmarks/bench_metrics.py --repeats 21 --threads 2
+    python benchmarks/bench_metrics.py --repeats 31   # benchmarks/results/metrics.{json,md}
+    python benchmarks/bench_metrics.py --repeats 5 --output-dir /tmp/metrics_smoke
+
+``--output-dir`` defaults to ``$MONAI_PROBSEG_RESULTS_DIR`` when set, else ``benchmarks/results``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from monai_probseg.metrics import (
     pairwise_distance,
     sample_set_metrics,
 )
-from monai_probseg.metrics.utils import nan_mean
+from monai_probseg.utils import write_text_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -118,7 +120,7 @@ def _exact_oracle(modes: torch.Tensor, probs: torch.Tensor, annotations: torch.T
     k = annotations.shape[0]
     cross = weighted(d_my, probs[:, None].expand(-1, k) / k)
     div_s = weighted(d_mm, probs[:, None] * probs[None, :])
-    div_y = nan_mean(d_yy.flatten(), dim=0)
+    div_y = torch.nanmean(d_yy.flatten(), dim=0)
     return float(2 * cross - div_s - div_y)
 
 
@@ -231,7 +233,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--num-cases", type=int, default=100, help="synthetic cases for the oracle")
     parser.add_argument("--skip-oracle", action="store_true", help="only time the metrics")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    default_dir = Path(os.environ.get("MONAI_PROBSEG_RESULTS_DIR") or RESULTS_DIR)
+    parser.add_argument("--output-dir", type=Path, default=default_dir)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -250,9 +253,8 @@ def main() -> None:
         result["oracle"] = bench_oracle(args.num_cases, 100)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.output_dir / "metrics.md").write_text(_markdown(result))
+    write_text_atomic(json.dumps(result, indent=2) + "\n", args.output_dir / "metrics.json")
+    write_text_atomic(_markdown(result), args.output_dir / "metrics.md")
     print(_markdown(result))
 
 

@@ -23,10 +23,13 @@ labels, R raters who shift the boundaries):
 Run (about 2 x 10 minutes of training on 2 CPU cores with the defaults)::
 
     python benchmarks/bench_ssn3d.py --budget 600
+    # results/ssn3d.md: 500 iterations each, with the mean's cross-entropy (as bundles/brats_ssn trains)
+    python benchmarks/bench_ssn3d.py --iterations 500 --budget 100000 --threads 1 --mean-ce-weight 1
     python benchmarks/bench_ssn3d.py --budget 20 --size 48 --patch 32 --roi 48 --train-volumes 2 --test-volumes 1 \\
         --samples 4 --name ssn3d_smoke   # smoke run
 
-Writes ``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name ssn3d`` by default).
+Writes ``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name ssn3d`` by default, the canonical result;
+other runs take another ``--name`` or a scratch ``MONAI_PROBSEG_RESULTS_DIR``: ``results/experiments.md``).
 """
 
 from __future__ import annotations
@@ -50,12 +53,16 @@ from _common import machine_info, md_table, write_results  # noqa: E402
 from monai_probseg.data.synthetic import brats_phantom  # noqa: E402
 from monai_probseg.inferers import StochasticSlidingWindowInferer  # noqa: E402
 from monai_probseg.losses import LowRankMVNNLLLoss  # noqa: E402
-from monai_probseg.metrics import compute_brats_region_metrics, generalized_energy_distance  # noqa: E402
+from monai_probseg.metrics import (  # noqa: E402
+    BRATS_REGION_NAMES,
+    compute_brats_region_metrics,
+    generalized_energy_distance,
+)
 from monai_probseg.networks.nets import StochasticSegmentationNetwork  # noqa: E402
 
 logger = logging.getLogger("bench_ssn3d")
 
-REGIONS = ("wt", "tc", "et")
+REGIONS = tuple(name.lower() for name in BRATS_REGION_NAMES)  # the order of compute_brats_region_metrics
 
 
 def load_phantoms(count: int, size: int, raters: int, seed: int) -> list[dict[str, torch.Tensor]]:

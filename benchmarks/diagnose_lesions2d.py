@@ -36,7 +36,8 @@ Run::
     python benchmarks/diagnose_lesions2d.py --model prob_unet --weights /tmp/lesions2d/NAME_prob_unet.pt \\
         --channels 16 32 64 128 --name NAME_diagnosis
 
-Writes ``benchmarks/results/<name>.json`` and ``<name>.md``.
+Writes ``<name>.json`` and ``<name>.md`` to ``$MONAI_PROBSEG_RESULTS_DIR`` (a sweep's scratch folder, beside the
+runs it diagnoses; ``benchmarks/results`` when unset). ``results/experiments.md`` summarises the diagnoses made.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 
 """One markdown table from several ``bench_lesions2d.py`` runs (and their ``diagnose_lesions2d.py`` files).
 
-Each run is ``results/<name>.json`` (one model row beside the oracle); ``results/<name>_diagnosis.json``, when
-present, adds its sample-vs-mode columns. Run::
+Each run is ``<name>.json`` (one model row beside the oracle); ``<name>_diagnosis.json``, when present, adds its
+sample-vs-mode columns. Both are read from, and the table written to, ``$MONAI_PROBSEG_RESULTS_DIR`` (sweeps run in
+a scratch folder; ``benchmarks/results`` when unset). Run::
 
+    export MONAI_PROBSEG_RESULTS_DIR=/tmp/probseg_sweeps
     python benchmarks/summarize_lesions2d.py lesions2d_15min_prob_unet lesions2d_15min_prob_unet_beta10 \\
         lesions2d_15min_prob_unet_beta10_quiet lesions2d_15min_ssn --name lesions2d_15min
 
-Writes ``benchmarks/results/<name>.md``.
+Writes ``<name>.md``; section 1 of ``benchmarks/results/experiments.md`` is this table for the 14-minute sweep.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import _atomic_write, md_table, results_dir  # noqa: E402
+from _common import md_table, results_dir  # noqa: E402
 from diagnose_lesions2d import DIAGNOSIS_COLUMNS  # noqa: E402
+
+from monai_probseg.utils import write_text_atomic  # noqa: E402
 
 DIAGNOSIS = DIAGNOSIS_COLUMNS
 COLUMNS = [
@@ -112,7 +116,7 @@ def main(argv=None) -> str:
         + (f" --remark {args.remark!r}" if args.remark else "")
         + "`\n"
     )
-    _atomic_write(os.path.join(results_dir(), f"{args.name}.md"), md)
+    write_text_atomic(md, os.path.join(results_dir(), f"{args.name}.md"))
     return md
 
 

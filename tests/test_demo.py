@@ -33,7 +33,7 @@ def test_demo_reports_bundle_outputs(tmp_path, capsys):
     assert main(["--output_dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"NIfTI outputs of 2 case(s) in {out}" in text
-    assert "BraTS-PHANTOM-00000-000_seg.nii.gz" in text and "Dice vs the phantom's consensus: WT" in text
+    assert "BraTS-PHANTOM-00000-000_seg.nii.gz" in text and "Dice vs the phantom's consensus: TC" in text
 
 
 def test_demo_without_outputs(tmp_path, capsys):

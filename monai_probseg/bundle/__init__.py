@@ -14,7 +14,7 @@ from .distributed import (
     partition_items,
     rank_and_world_size,
 )
-from .evaluation import BRATS_REGIONS, evaluate_case, majority_vote_labels, write_json_atomic, write_metrics
+from .evaluation import evaluate_case, write_metrics
 from .plausibility import ACCEPTANCE, acceptance_failures, score_run
 from .runner import SAVED_OUTPUTS, InferenceFailedError, ProbSegInferenceRunner, save_like
 from .training import check_checkpoint_dir

@@ -5,16 +5,19 @@
 
 A bundle config names one ``dataset_dir``. :class:`BundleDatalist` turns it into lists of cases in one schema::
 
-    {"case_id": str, "image": [file per modality], "label": consensus file or None, "raters": [files]}
+    {"case_id": str, "image": [file per modality], "label": consensus file or None, "raters": [files],
+     "brainmask": file (only when the data set has one)}
 
 - a **datalist JSON** (MONAI decathlon style, as :func:`monai_probseg.data.write_datalist` and the synthetic
   generators write): relative paths are relative to the JSON's folder; a ``"label"`` that is a *list* of files is
   read as the annotators (``"raters"``) with no consensus, the convention of
   :func:`monai_probseg.data.multi_annotator_datalist`;
 - a **folder**: case folders ``<case>/<case>-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``,
-  ``-seg-rater<k>`` (BraTS 2023 layout, directly under the folder or one level deeper) for ``kind="brats"``;
-  ``<case>/<case>-image.nii.gz`` and ``-annot<k>`` for ``kind="lesions2d"``. A folder without case folders but with
-  a ``datalist.json`` is read as that JSON;
+  ``-seg-rater<k>``, ``-brainmask`` (BraTS 2023 layout, directly under the folder or one level deeper), read by
+  :func:`monai_probseg.data.brats_datalist`, for ``kind="brats"``; ``<case>/<case>-image.nii.gz`` and ``-annot<k>``,
+  read by :func:`monai_probseg.data.case_folder_datalist`, for ``kind="lesions2d"``. Labelled cases go to
+  ``"training"`` (a seeded, patient-wise part of them to ``"validation"``, the split of those builders), the others
+  to ``"test"``. A folder without case folders but with a ``datalist.json`` is read as that JSON;
 - **nothing** (``None`` or ``""``): a few synthetic cases are written to a new temporary folder (its path is
   logged), so a bundle runs in a fresh clone with no data.
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,8 +37,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from monai_probseg.data import (
+    NIFTI_EXTENSIONS,
+    NoCaseFoldersError,
+    brats_datalist,
+    case_folder_datalist,
+    check_same_geometry,
+)
 from monai_probseg.data.synthetic import MODALITIES, write_ambiguous_lesions_2d, write_brats_phantoms
-from monai_probseg.data.utils import check_same_geometry
 
 __all__ = [
     "DATASET_KINDS",
@@ -49,25 +57,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_NIFTI_EXTS = (".nii.gz", ".nii")
-
 #: file naming of each kind of data set: modality suffixes (in channel order), consensus suffix, rater prefix
 DATASET_KINDS: dict[str, dict[str, Any]] = {
     "brats": {"modalities": tuple(MODALITIES), "label": "seg", "rater": "seg-rater", "spatial_dims": 3},
     "lesions2d": {"modalities": ("image",), "label": None, "rater": "annot", "spatial_dims": 2},
 }
+#: item keys holding one optional file path besides "image", "label" and "raters"
+_OPTIONAL_FILES = ("brainmask",)
 
 
 class CaseError(ValueError):
     """A problem with one case's input files (missing, unreadable, inconsistent); the message names what is wrong."""
-
-
-def _find_nifti(folder: str, stem: str) -> str | None:
-    for ext in _NIFTI_EXTS:
-        path = os.path.join(folder, stem + ext)
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def _kind(kind: str) -> dict[str, Any]:
@@ -76,57 +76,63 @@ def _kind(kind: str) -> dict[str, Any]:
     return DATASET_KINDS[kind]
 
 
-def _is_case_folder(folder: str, spec: Mapping[str, Any], sep: str) -> bool:
-    name = os.path.basename(folder)
-    stems = [*spec["modalities"], *([spec["label"]] if spec["label"] else [])]
-    return any(_find_nifti(folder, f"{name}{sep}{s}") for s in stems)
+def _scan(
+    root: str, kind: str, val_fraction: float = 0.0, seed: int = 0, allow_missing: bool = True
+) -> dict[str, list[dict[str, Any]]]:
+    """The datalist of a folder of case folders, by the ``monai_probseg.data`` builder of ``kind``."""
+    if kind == "brats":
+        return brats_datalist(root, year="2023", val_fraction=val_fraction, seed=seed, allow_missing=allow_missing)
+    spec = _kind(kind)
+    return case_folder_datalist(
+        root,
+        modalities=spec["modalities"],
+        label=spec["label"],
+        rater=spec["rater"],
+        optional=_OPTIONAL_FILES,
+        val_fraction=val_fraction,
+        seed=seed,
+        allow_missing=allow_missing,
+    )
 
 
-def scan_case_folders(root: str | os.PathLike, kind: str = "brats", sep: str = "-") -> list[dict[str, Any]]:
+def _sections(datalist: Mapping[str, Any], base_dir: str, where: str) -> dict[str, list[dict[str, Any]]]:
+    """Every list of items of ``datalist`` in the common schema (absolute paths); other entries are dropped."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, value in datalist.items():
+        if isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
+            out[key] = [_normalise_item(v, base_dir, f"{where} {key}[{i}]") for i, v in enumerate(value)]
+    return out
+
+
+def scan_case_folders(root: str | os.PathLike, kind: str = "brats") -> list[dict[str, Any]]:
     """List the case folders under ``root`` (or one level deeper), tolerating incomplete cases.
+
+    The folder is read by the ``monai_probseg.data`` builder of ``kind`` (:func:`monai_probseg.data.brats_datalist`
+    with ``year="2023"``, :func:`monai_probseg.data.case_folder_datalist`) with ``allow_missing=True``.
 
     Args:
         root: the data folder.
-        kind: ``"brats"`` (``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``, ``-seg-rater<k>``) or
-            ``"lesions2d"`` (``<case>-image``, ``-annot<k>``).
-        sep: separator between the case name and the suffix.
+        kind: ``"brats"`` (``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``, ``-seg-rater<k>``, ``-brainmask``)
+            or ``"lesions2d"`` (``<case>-image``, ``-annot<k>``).
 
     Returns:
-        items ``{"case_id", "image", "label", "raters"}`` sorted by case; a missing modality file is listed under
-        the name it should have (``<case>/<case>-t2f.nii.gz``) so that the case fails with a clear message later.
+        items ``{"case_id", "image", "label", "raters"}`` (plus ``"brainmask"`` where the file exists) sorted by
+        case; a missing modality file is listed under the name it should have (``<case>/<case>-t2f.nii.gz``) so that
+        the case fails with a clear message later. Empty when ``root`` holds no case folders.
 
     Example::
 
         items = scan_case_folders("/data/BraTS2023-GLI-Training")
         items[0]["image"]  # [.../BraTS-GLI-00000-000-t1n.nii.gz, ...-t1c..., ...-t2w..., ...-t2f...]
     """
-    spec = _kind(kind)
+    _kind(kind)
     root = os.path.abspath(os.fspath(root))
-    folders = []
-    for sub in sorted(e.path for e in os.scandir(root) if e.is_dir()):
-        if _is_case_folder(sub, spec, sep):
-            folders.append(sub)
-            continue
-        folders.extend(
-            s for s in sorted(e.path for e in os.scandir(sub) if e.is_dir()) if _is_case_folder(s, spec, sep)
-        )
-    rater_re = None
-    items = []
-    for folder in folders:
-        case = os.path.basename(folder)
-        image = [
-            _find_nifti(folder, f"{case}{sep}{m}") or os.path.join(folder, f"{case}{sep}{m}.nii.gz")
-            for m in spec["modalities"]
-        ]
-        label = _find_nifti(folder, f"{case}{sep}{spec['label']}") if spec["label"] else None
-        rater_re = re.compile(re.escape(f"{case}{sep}{spec['rater']}") + r"(\d+)\.nii(?:\.gz)?")
-        raters = {}
-        for entry in os.scandir(folder):
-            m = rater_re.fullmatch(entry.name)
-            if m:
-                raters[int(m.group(1))] = entry.path
-        items.append({"case_id": case, "image": image, "label": label, "raters": [raters[k] for k in sorted(raters)]})
-    return items
+    try:
+        datalist = _scan(root, kind)
+    except NoCaseFoldersError:
+        return []
+    items = [it for section in _sections(datalist, root, f"folder '{root}'").values() for it in section]
+    return sorted(items, key=lambda it: it["case_id"])
 
 
 def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[str, Any]:
@@ -150,8 +156,9 @@ def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[
     out["image"] = images
     out["label"] = absolute(label) if label is not None else None
     out["raters"] = [absolute(p) for p in (raters or [])]
-    if out.get("brainmask"):
-        out["brainmask"] = absolute(out["brainmask"])
+    for key in _OPTIONAL_FILES:
+        if out.get(key):
+            out[key] = absolute(out[key])
     if not out.get("case_id"):
         out["case_id"] = _case_id_from_path(images[0])
     return out
@@ -159,7 +166,7 @@ def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[
 
 def _case_id_from_path(path: str) -> str:
     name = os.path.basename(path)
-    for ext in _NIFTI_EXTS:
+    for ext in NIFTI_EXTENSIONS:
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
@@ -189,8 +196,10 @@ class BundleDatalist:
             cases).
         phantom_split: (training, validation, test) fractions of the synthetic cases.
         phantom_dir: where to write the synthetic cases (default: a new temporary folder).
-        val_fraction: for a scanned folder, the fraction of labelled cases put in ``"validation"`` (the last
-            cases in sorted order).
+        val_fraction: for a scanned folder, the fraction of labelled patients put in ``"validation"`` (seeded with
+            ``split_seed``; all timepoints of a BraTS patient stay together), the split of
+            :func:`monai_probseg.data.brats_datalist`.
+        split_seed: seed of that validation split.
 
     Example::
 
@@ -211,6 +220,7 @@ class BundleDatalist:
         phantom_split: Sequence[float] = (0.6, 0.2, 0.2),
         phantom_dir: str | os.PathLike | None = None,
         val_fraction: float = 0.0,
+        split_seed: int = 0,
     ) -> None:
         self.spec = _kind(kind)
         self.kind = kind
@@ -225,6 +235,7 @@ class BundleDatalist:
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
         self.val_fraction = float(val_fraction)
+        self.split_seed = int(split_seed)
         self._datalist: dict[str, Any] | None = None
         self._root: str | None = None
 
@@ -252,16 +263,15 @@ class BundleDatalist:
             path = self._generate()
         path = os.path.abspath(os.path.expanduser(path))
         if os.path.isdir(path):
-            items = scan_case_folders(path, self.kind)
-            if items:
+            try:
+                datalist = _scan(path, self.kind, self.val_fraction, self.split_seed)
+            except NoCaseFoldersError:
+                datalist = None
+            if datalist is not None:
                 self._root = path
-                labelled = [it for it in items if it["label"] or it["raters"]]
-                unlabelled = [it for it in items if not (it["label"] or it["raters"])]
-                num_val = int(round(self.val_fraction * len(labelled)))
-                num_val = min(num_val, max(len(labelled) - 1, 0))
-                split = len(labelled) - num_val
-                logger.info("found %d case(s) in %s", len(items), path)
-                return {"training": labelled[:split], "validation": labelled[split:], "test": unlabelled}
+                out = _sections(datalist, path, f"folder '{path}'")
+                logger.info("found %d case(s) in %s", sum(len(v) for v in out.values()), path)
+                return out
             json_path = os.path.join(path, "datalist.json")
             if not os.path.isfile(json_path):
                 expected = ", ".join(f"<case>/<case>-{m}.nii.gz" for m in self.modalities)
@@ -284,10 +294,7 @@ class BundleDatalist:
             raise ValueError(f"datalist '{path}' must hold a dict of lists (or a list of items), got {type(content)}.")
         base = os.path.abspath(os.path.expanduser(content.get("base_dir", base))) if "base_dir" in content else base
         self._root = base
-        out: dict[str, Any] = {}
-        for key, value in content.items():
-            if isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
-                out[key] = [_normalise_item(v, base, f"datalist '{path}' {key}[{i}]") for i, v in enumerate(value)]
+        out = _sections(content, base, f"datalist '{path}'")
         logger.info("read datalist %s: %s", path, {k: len(v) for k, v in out.items()})
         return out
 
@@ -386,7 +393,8 @@ class BundleDatalist:
         """Every folder holding an input file, plus the data set's root: folders a bundle must never write into."""
         folders = {os.path.realpath(self.root)}
         for item in self.all_items():
-            for p in [*item["image"], *([item["label"]] if item["label"] else []), *item["raters"]]:
+            optional = [item[k] for k in _OPTIONAL_FILES if item.get(k)]
+            for p in [*item["image"], *([item["label"]] if item["label"] else []), *item["raters"], *optional]:
                 folders.add(os.path.realpath(os.path.dirname(p)))
         return sorted(folders)
 

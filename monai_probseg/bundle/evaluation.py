@@ -5,9 +5,10 @@
 
 For each case, in the input's voxel space:
 
-- region Dice and HD95 of the mean prediction (``seg``) against the consensus label, per region (BraTS WT, TC,
-  ET by default; MONAI's ``compute_dice``/``compute_hausdorff_distance`` with the BraTS empty-region convention,
-  see :py:func:`monai_probseg.metrics.compute_brats_region_metrics`);
+- region Dice and HD95 of the mean prediction (``seg``) against the consensus label, per region
+  (:py:data:`monai_probseg.metrics.BRATS_REGIONS` by default: TC, WT, ET; MONAI's
+  ``compute_dice``/``compute_hausdorff_distance`` with the BraTS empty-region convention, see
+  :py:func:`monai_probseg.metrics.compute_brats_region_metrics`);
 - the generalised energy distance and the Hungarian-matched IoU of the ``N`` samples against the raters
   (:py:func:`monai_probseg.metrics.sample_set_metrics`; Kohl et al., NeurIPS 2018 and arXiv 1905.13077);
 - the expected calibration error of the mean probabilities against the consensus
@@ -19,36 +20,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from monai_probseg.metrics import expected_calibration_error, region_mask_scores, sample_set_metrics
+from monai_probseg.metrics import (
+    BRATS_REGIONS,
+    expected_calibration_error,
+    region_mask_scores,
+    region_masks,
+    sample_set_metrics,
+)
+from monai_probseg.utils import majority_vote, write_json_atomic, write_text_atomic
 
-__all__ = ["BRATS_REGIONS", "evaluate_case", "majority_vote_labels", "write_json_atomic", "write_metrics"]
-
-#: BraTS 2023 evaluation regions: whole tumour, tumour core, enhancing tumour
-BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-
-
-def _region_masks(labels: torch.Tensor, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
-    """``(B, 1, *s)`` label map -> ``(B, len(regions), *s)`` float masks."""
-    return torch.stack(
-        [torch.isin(labels[:, 0], torch.tensor(list(v), device=labels.device)) for v in regions.values()], 1
-    ).float()
-
-
-def majority_vote_labels(raters: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-voxel majority vote of ``(K, *spatial)`` label maps (a tie goes to the larger label) -> ``(*spatial)``."""
-    counts = torch.stack([(raters == c).sum(0) for c in range(num_classes)])
-    # reversed argmax: among tied counts the largest label wins (a voxel two of four annotators mark is lesion)
-    return (num_classes - 1 - counts.flip(0).argmax(0)).to(raters.dtype)
+__all__ = ["evaluate_case", "write_metrics"]
 
 
 def evaluate_case(
@@ -68,7 +57,8 @@ def evaluate_case(
         seg: mean prediction label map ``(*spatial)``.
         prob: mean class probabilities ``(C, *spatial)``.
         samples: sample label maps ``(N, *spatial)``.
-        label: consensus label map ``(*spatial)``; ``None`` uses the majority vote of ``raters``.
+        label: consensus label map ``(*spatial)``; ``None`` uses the majority vote of ``raters``
+            (:py:func:`monai_probseg.utils.majority_vote`: a tie goes to the larger label).
         raters: rater label maps ``(K, *spatial)``; ``None`` uses ``label`` as the only rater.
         num_classes: number of classes ``C`` (background included).
         regions: evaluation regions, name -> labels making up the region.
@@ -89,7 +79,7 @@ def evaluate_case(
     if raters is None:
         raters = label[None]
     if label is None:
-        label = majority_vote_labels(raters, num_classes)
+        label = majority_vote(raters, num_labels=num_classes)
     spatial = tuple(seg.shape)
     for name, t, lead in (("prob", prob, 1), ("samples", samples, 1), ("label", label, 0), ("raters", raters, 1)):
         if tuple(t.shape[lead:]) != spatial:
@@ -97,8 +87,8 @@ def evaluate_case(
     scores: dict[str, float] = {}
     target = label[None, None].long()
     dice, hd = region_mask_scores(
-        _region_masks(seg[None, None].long(), regions),
-        _region_masks(target, regions),
+        region_masks(seg[None, None].long(), regions),
+        region_masks(target, regions),
         hd_percentile=95,
         include_hd=True,
         spacing=list(spacing) if spacing is not None else None,
@@ -116,43 +106,6 @@ def evaluate_case(
     ece = ece[torch.isfinite(ece)]
     scores["ece"] = float(ece.mean()) if ece.numel() else float("nan")
     return scores
-
-
-def _atomic_write_text(path: str, text: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/Inf
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
-    """Write ``obj`` as JSON (NaN/Inf as ``null``) through a temporary file and ``os.replace``.
-
-    Args:
-        obj: JSON-serialisable content (numpy scalars allowed).
-        path: the file to write.
-    """
-    return _atomic_write_text(os.fspath(path), json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def write_metrics(
@@ -190,7 +143,7 @@ def write_metrics(
     for case, scores in per_case.items():
         writer.writerow([case, *(_fmt(scores.get(c)) for c in columns)])
     writer.writerow(["mean", *(_fmt(mean[c]) for c in columns)])
-    csv_path = _atomic_write_text(os.path.join(os.fspath(output_dir), f"{name}.csv"), buffer.getvalue())
+    csv_path = write_text_atomic(buffer.getvalue(), os.path.join(os.fspath(output_dir), f"{name}.csv"))
     return json_path, csv_path
 
 

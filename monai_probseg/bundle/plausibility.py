@@ -22,6 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from monai_probseg.metrics import BRATS_REGIONS
 from monai_probseg.metrics.plausibility import plausibility_scores
 
 __all__ = ["ACCEPTANCE", "acceptance_failures", "score_run"]
@@ -40,12 +41,12 @@ def _load(path: str) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
 
 
-def score_run(output_dir: str | os.PathLike, wt_labels: Sequence[int] = (1, 2, 3)) -> list[dict[str, Any]]:
+def score_run(output_dir: str | os.PathLike, wt_labels: Sequence[int] = BRATS_REGIONS["WT"]) -> list[dict[str, Any]]:
     """Score every case of an inference run that has a consensus label (see the module docstring).
 
     Args:
         output_dir: the run's ``--output_dir`` (holding ``inference_summary.json``).
-        wt_labels: the labels of the whole tumour.
+        wt_labels: the labels of the whole tumour (``BRATS_REGIONS["WT"]``).
 
     Returns:
         one dict per scored case: ``case_id``, the figures of

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,16 +43,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_files, find_unreadable
 from monai_probseg.bundle.distributed import gather_objects, partition_items, rank_and_world_size
-from monai_probseg.bundle.evaluation import BRATS_REGIONS, evaluate_case, write_json_atomic, write_metrics
+from monai_probseg.bundle.evaluation import evaluate_case, write_metrics
 from monai_probseg.bundle.utils import load_weights
+from monai_probseg.metrics import BRATS_REGIONS, DEFAULT_UNCERTAINTY_MAPS
+from monai_probseg.metrics import CASE_OUTPUTS as SAVED_OUTPUTS
 from monai_probseg.metrics.plausibility import plausibility_scores, plausibility_warnings
+from monai_probseg.utils import atomic_writes, write_json_atomic
 
 __all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "format_plausibility", "save_like"]
 
 logger = logging.getLogger(__name__)
 
-#: the maps written per case, in this order
-SAVED_OUTPUTS = ("seg", "prob", "samples", "entropy", "mutual_info", "variance")
 _LABEL_OUTPUTS = ("seg", "samples")
 
 
@@ -135,9 +135,9 @@ class ProbSegInferenceRunner:
         device: where the network runs (default: where its parameters are).
         modalities: names of the input channels, e.g. ``("t1n", "t1c", "t2w", "t2f")``; a case must list one file
             per modality (or one file with that many channels).
-        outputs: the maps to write (a subset of ``SAVED_OUTPUTS``).
-        regions: label groups whose volume is reported per case (and scored with ``evaluate``), e.g. BraTS
-            ``{"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}``.
+        outputs: the maps to write (a subset of ``SAVED_OUTPUTS``, :data:`monai_probseg.metrics.CASE_OUTPUTS`).
+        regions: label groups whose volume is reported per case (and scored with ``evaluate``), default
+            :data:`monai_probseg.metrics.BRATS_REGIONS`.
         evaluate: also score every case against its label and raters (region Dice/HD95 of the mean, GED and
             HM-IoU of the samples, ECE) and write ``metrics.json``/``metrics.csv``; a case without label or raters
             then fails.
@@ -270,7 +270,7 @@ class ProbSegInferenceRunner:
         if missing:
             raise RuntimeError(
                 f"the inferer returned {sorted(result)}, lacking {missing}: configure it with outputs "
-                "('seg', 'prob', 'entropy', 'mutual_info', 'variance') and keep_samples=True."
+                f"{DEFAULT_UNCERTAINTY_MAPS} and keep_samples=True."
             )
         data: dict[str, Any] = {"image": image}
         for key in self.outputs:
@@ -324,18 +324,13 @@ class ProbSegInferenceRunner:
         if self.evaluate:
             scores = self._evaluate(item, maps, reference, spatial_dims)
 
-        tmp = tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=self.output_dir)
-        try:
-            written = {}
+        written = {}
+        with atomic_writes(self.output_dir) as staged:  # every file is moved into place once all are complete
             for key in self.outputs:
                 dtype = np.uint8 if key in _LABEL_OUTPUTS else np.float32
                 name = f"{case_id}_{key}.nii.gz"
-                save_like(arrays[key], reference, os.path.join(tmp, name), dtype)
+                save_like(arrays[key], reference, staged(name), dtype)
                 written[key] = os.path.join(self.output_dir, name)
-            for key in self.outputs:  # every file is complete: move them into place
-                os.replace(os.path.join(tmp, os.path.basename(written[key])), written[key])
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
         voxel = float(abs(np.linalg.det(reference.affine[:spatial_dims, :spatial_dims])))
         seg = arrays["seg"] if "seg" in arrays else None

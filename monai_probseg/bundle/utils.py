@@ -8,9 +8,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
-import sys
-from collections.abc import Sequence
 
 import torch
 
@@ -19,52 +16,48 @@ __all__ = ["bundle_root", "latest_checkpoint", "load_weights"]
 logger = logging.getLogger(__name__)
 
 
-def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
-    """The ``--config_file`` value(s) of a ``python -m monai.bundle ...`` command line."""
-    files: list[str] = []
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value:
-            files.extend(re.findall(r"[^\s'\",\[\]]+\.(?:json|yaml|yml)", value))
-    return files
+def _is_bundle(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "configs", "metadata.json"))
 
 
-def _bundle_dir_of(config_file: str) -> str:
-    folder = os.path.dirname(os.path.abspath(config_file))
-    return os.path.dirname(folder) if os.path.basename(folder) == "configs" else folder
+def bundle_root(name: str) -> str:
+    """The folder of bundle ``name``, so that its configs run from any working directory.
 
+    Configs call it as ``"bundle_root": "$monai_probseg.bundle.bundle_root('<name>')"``. Tried in order (a bundle
+    folder is one with ``configs/metadata.json``):
 
-def bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
-    """The folder of bundle ``name``, for configs run from any working directory.
+    1. the current directory, when it is the bundle ``name`` (``cd bundles/brats_ssn``);
+    2. ``bundles/<name>`` under the current directory (the root of a checkout);
+    3. ``bundles/<name>`` of the source tree this package is imported from, so ``python -m monai.bundle run
+       --config_file <checkout>/bundles/brats_ssn/configs/inference.json`` works from any directory.
 
-    Tried in order: the bundle of the ``--config_file`` on the command line (``python -m monai.bundle run
-    --config_file <bundle>/configs/inference.json``); the current directory when it is a bundle called ``name``;
-    ``bundles/<name>`` of the source tree this package was installed from. Override with ``--bundle_root``.
+    The command line is not read. A bundle copied somewhere else is run with MONAI's own override,
+    ``python -m monai.bundle run --config_file <copy>/configs/inference.json --bundle_root <copy>``, which replaces
+    this expression.
 
     Args:
         name: the bundle's folder name, e.g. ``"brats_ssn"``.
-        argv: the command line (default ``sys.argv``).
+
+    Returns:
+        the bundle folder (absolute); the current directory, with a warning, when none of the above is a bundle.
 
     Example::
 
         "bundle_root": "$monai_probseg.bundle.bundle_root('brats_ssn')"
     """
-    for config in _config_files_from_argv(sys.argv if argv is None else argv):
-        root = _bundle_dir_of(config)
-        if os.path.isfile(os.path.join(root, "configs", "metadata.json")):
-            return root
     cwd = os.getcwd()
-    if os.path.basename(cwd) == name and os.path.isfile(os.path.join(cwd, "configs", "metadata.json")):
-        return cwd
-    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "bundles", name)
-    source = os.path.normpath(source)
-    if os.path.isdir(source):
-        return source
-    logger.warning("cannot locate bundle '%s'; using the current directory (set --bundle_root)", name)
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidates = [cwd] if os.path.basename(cwd) == name else []
+    candidates += [os.path.join(cwd, "bundles", name), os.path.join(package_parent, "bundles", name)]
+    for folder in candidates:
+        if _is_bundle(folder):
+            return os.path.normpath(folder)
+    logger.warning(
+        "cannot locate bundle '%s' (looked for configs/metadata.json in %s); using the current directory: pass "
+        "--bundle_root <bundle folder>",
+        name,
+        ", ".join(candidates),
+    )
     return cwd
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from .datalists import (
     BRATS_MODALITIES,
+    NIFTI_EXTENSIONS,
+    NoCaseFoldersError,
     brats_datalist,
+    case_folder_datalist,
+    find_nifti,
     lidc_datalist,
     multi_annotator_datalist,
     qubiq_datalist,

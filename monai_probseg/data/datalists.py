@@ -26,8 +26,7 @@ import logging
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,15 @@ import numpy as np
 from monai.config import PathLike
 
 from monai_probseg.data.utils import check_same_geometry
+from monai_probseg.utils import atomic_writes, write_json_atomic
 
 __all__ = [
     "BRATS_MODALITIES",
+    "NIFTI_EXTENSIONS",
+    "NoCaseFoldersError",
     "brats_datalist",
+    "case_folder_datalist",
+    "find_nifti",
     "lidc_datalist",
     "qubiq_datalist",
     "multi_annotator_datalist",
@@ -57,13 +61,23 @@ BRATS_MODALITIES: dict[str, tuple[str, ...]] = {
 # label of the enhancing tumour: 4 in BraTS 2018-2022, 3 from BraTS 2023 on (1 necrotic core, 2 edema in both)
 _BRATS_ET_LABEL = {"2023": 3, "2021": 4, "2020": 4}
 _BRATS_SEP = {"2023": "-", "2021": "_", "2020": "_"}
-_NIFTI_EXTS = (".nii.gz", ".nii")
+#: file name endings read as NIfTI, in the order they are looked for
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 
-def _find_nifti(folder: Path, stem: str) -> Path | None:
-    """Return ``folder/stem.nii.gz`` or ``folder/stem.nii`` if one exists."""
-    for ext in _NIFTI_EXTS:
-        path = folder / f"{stem}{ext}"
+class NoCaseFoldersError(FileNotFoundError):
+    """A data folder holds no case folders of the expected layout (the message names the folder and the layout)."""
+
+
+def find_nifti(folder: PathLike, stem: str) -> Path | None:
+    """Return ``folder/stem.nii.gz`` or ``folder/stem.nii`` if one exists, else ``None``.
+
+    Example::
+
+        find_nifti("/data/BraTS-GLI-00000-000", "BraTS-GLI-00000-000-t1n")  # .../BraTS-GLI-00000-000-t1n.nii.gz
+    """
+    for ext in NIFTI_EXTENSIONS:
+        path = Path(folder) / f"{stem}{ext}"
         if path.is_file():
             return path
     return None
@@ -92,7 +106,7 @@ def _check_case_headers(case_id: str, paths: Sequence[PathLike], atol: float = 1
     headers = []
     for path in paths:
         name = str(path)
-        if not name.endswith(_NIFTI_EXTS):
+        if not name.endswith(NIFTI_EXTENSIONS):
             raise ValueError(f"case '{case_id}': check_headers supports NIfTI files only, got '{path}'.")
         try:
             headers.append(("", name, nib.load(name)))  # lazy: reads the header, not the voxels
@@ -105,7 +119,11 @@ def _check_case_headers(case_id: str, paths: Sequence[PathLike], atol: float = 1
 
 
 def _split(items: list[dict], groups: Sequence[str], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split ``items`` into (training, validation) so that no group (patient) is in both; seeded, order-keeping."""
+    """Split ``items`` into (training, validation) so that no group (patient) is in both; seeded, order-keeping.
+
+    The split policy of every builder: ``round(val_fraction * number of groups)`` groups (at least one, and at least
+    one left for training, when ``val_fraction > 0``) drawn by a ``numpy`` permutation seeded with ``seed``.
+    """
     if val_fraction <= 0 or not items:
         return items, []
     unique = sorted(set(groups))
@@ -128,8 +146,13 @@ def _make_datalist(
     return datalist
 
 
-def _annotator_files(folder: Path, pattern: re.Pattern, case_id: str, what: str, fmt: str) -> list[Path]:
-    """Annotator files in ``folder`` matching ``pattern`` (group 1 = 1-based annotator number), checked for gaps."""
+def _annotator_files(
+    folder: Path, pattern: re.Pattern, case_id: str, what: str, fmt: str, allow_missing: bool = False
+) -> list[Path]:
+    """Annotator files in ``folder`` matching ``pattern`` (group 1 = 1-based annotator number), checked for gaps.
+
+    With ``allow_missing`` a gap is listed under the name the file should have (``fmt.format(k)``) instead of raising.
+    """
     found: dict[int, Path] = {}
     for path in folder.iterdir():
         m = pattern.fullmatch(path.name)
@@ -139,11 +162,159 @@ def _annotator_files(folder: Path, pattern: re.Pattern, case_id: str, what: str,
         return []
     for k in range(1, max(found) + 1):
         if k not in found:
+            if allow_missing:
+                found[k] = folder / fmt.format(k)
+                continue
             raise FileNotFoundError(
                 f"{what} case '{case_id}': missing annotator file '{fmt.format(k)}' in {folder}; found annotators "
                 f"{sorted(found)}, expected 1..{max(found)}."
             )
     return [found[k] for k in sorted(found)]
+
+
+# ---------------------------------------------------------------------------------------------------- case folders
+
+
+def _case_dirs(root: Path, detect: Callable[[Path], str | None]) -> list[tuple[Path, str]]:
+    """Case folders directly under ``root`` or one level deeper (e.g. ``root/TrainingData/<case>``), in sorted order.
+
+    ``detect(folder)`` returns the folder's naming convention, or ``None`` when it is not a case folder.
+    """
+    cases = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        convention = detect(sub)
+        if convention is not None:
+            cases.append((sub, convention))
+            continue
+        for subsub in sorted(p for p in sub.iterdir() if p.is_dir()):
+            convention = detect(subsub)
+            if convention is not None:
+                cases.append((subsub, convention))
+    return cases
+
+
+def _case_item(
+    folder: Path,
+    sep: str,
+    modalities: Sequence[str],
+    label: str | None,
+    rater: str | None,
+    optional: Sequence[str],
+    what: str,
+    allow_missing: bool,
+    check_headers: bool,
+) -> dict[str, Any]:
+    """The item of one case folder ``<case>/<case><sep><suffix>.nii.gz``: the scanner behind every folder builder.
+
+    Returns ``{"case_id", "image": [one file per modality], "label"?, "raters"?, <optional>?}``; ``"label"``,
+    ``"raters"`` and each optional key only when their files exist. A missing modality raises, or with
+    ``allow_missing`` is listed under the name it should have (``<case>/<case>-t2f.nii.gz``) so that the case fails
+    with a clear message when it is read.
+    """
+    case_id = folder.name
+    images = []
+    for m in modalities:
+        path = find_nifti(folder, f"{case_id}{sep}{m}")
+        if path is None:
+            if not allow_missing:
+                raise FileNotFoundError(
+                    f"{what} case '{case_id}': missing {m} file '{case_id}{sep}{m}.nii.gz' in {folder}; expected the "
+                    f"modalities {', '.join(modalities)}."
+                )
+            path = folder / f"{case_id}{sep}{m}.nii.gz"
+        images.append(path)
+    item: dict[str, Any] = {"case_id": case_id, "image": [str(p) for p in images]}
+    files = [p for p in images if p.is_file()]
+    seg = find_nifti(folder, f"{case_id}{sep}{label}") if label else None
+    if seg is not None:
+        item["label"] = str(seg)
+        files.append(seg)
+    if rater:
+        pattern = re.compile(re.escape(f"{case_id}{sep}{rater}") + r"(\d+)\.nii(?:\.gz)?")
+        fmt = f"{case_id}{sep}{rater}{{}}.nii.gz"
+        raters = _annotator_files(folder, pattern, case_id, what, fmt, allow_missing)
+        if raters:
+            item["raters"] = [str(p) for p in raters]
+            files.extend(p for p in raters if p.is_file())
+    for key in optional:
+        path = find_nifti(folder, f"{case_id}{sep}{key}")
+        if path is not None:
+            item[key] = str(path)
+            files.append(path)
+    if check_headers:
+        _check_case_headers(case_id, files)
+    return item
+
+
+def case_folder_datalist(
+    root: PathLike,
+    modalities: Sequence[str] = ("image",),
+    label: str | None = "seg",
+    rater: str | None = "seg-rater",
+    optional: Sequence[str] = (),
+    sep: str = "-",
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    allow_missing: bool = False,
+    check_headers: bool = False,
+) -> dict[str, Any]:
+    """Build a datalist from case folders ``<case>/<case><sep><suffix>.nii.gz`` (the BraTS 2023 naming scheme).
+
+    Case folders are looked for directly under ``root`` and one level deeper; a folder is a case folder when it holds
+    a modality or the ``label`` file named after it. The layout of the LIDC crops :func:`lidc_datalist` writes
+    (``modalities=("image",)``, ``label=None``, ``rater="seg-rater"``) and of the synthetic 2D lesions
+    (``rater="annot"``); :func:`brats_datalist` reads BraTS releases with the same scanner.
+
+    Items are ``{"case_id", "image": [one file per modality, in order], "label": consensus, "raters": [<case>-<rater>1,
+    ...], <optional key>: file}``, ``"label"``, ``"raters"`` and the optional keys only when their files exist. Cases
+    with a label or raters go to ``"training"`` (a seeded part of them to ``"validation"``, one group per case), the
+    others to ``"test"``.
+
+    Args:
+        root: folder holding the case folders (or folders of case folders).
+        modalities: suffixes of the image files, in channel order.
+        label: suffix of the consensus segmentation (``None``: none).
+        rater: prefix of the numbered annotator files (``None``: none).
+        optional: suffixes of further files recorded under their suffix when they exist (e.g. ``"brainmask"``).
+        sep: separator between the case name and the suffix.
+        val_fraction: fraction of labelled cases put in ``"validation"``.
+        seed: seed of the validation split.
+        allow_missing: list a missing modality (or annotator in the middle of the numbers) under the name it should
+            have instead of raising, so that a per-case consumer can report that case and go on with the others.
+        check_headers: check that all files of a case share their shape and affine (NIfTI headers only).
+
+    Returns:
+        the datalist ``{"training", "validation", "test"}``.
+
+    Raises:
+        NoCaseFoldersError: ``root`` has no case folder of this layout.
+        FileNotFoundError: ``root`` is missing, or a case lacks a modality (without ``allow_missing``).
+        ValueError: a header mismatch (``check_headers``) or a bad ``val_fraction``.
+
+    Example::
+
+        datalist = case_folder_datalist("/data/lesions", modalities=("image",), label=None, rater="annot")
+    """
+    root_path = _check_root(root, "data root")
+    val_fraction = _check_fraction(val_fraction, "val_fraction")
+    modalities = tuple(modalities)
+    stems = [*modalities, *([label] if label else [])]
+
+    def detect(folder: Path) -> str | None:
+        return "case" if any(find_nifti(folder, f"{folder.name}{sep}{s}") for s in stems) else None
+
+    cases = _case_dirs(root_path, detect)
+    if not cases:
+        expected = ", ".join(f"<case>/<case>{sep}{s}.nii.gz" for s in stems)
+        raise NoCaseFoldersError(
+            f"no case folders found under '{root}': expected {expected} in the folder or one below."
+        )
+    labelled, unlabelled = [], []
+    for folder, _ in cases:
+        item = _case_item(folder, sep, modalities, label, rater, optional, "data", allow_missing, check_headers)
+        (labelled if "label" in item or "raters" in item else unlabelled).append(item)
+    groups = [it["case_id"] for it in labelled]
+    return _make_datalist(labelled, unlabelled, groups, val_fraction, seed)
 
 
 # --------------------------------------------------------------------------------------------------------- BraTS
@@ -152,30 +323,15 @@ def _annotator_files(folder: Path, pattern: re.Pattern, case_id: str, what: str,
 def _brats_convention(folder: Path) -> str | None:
     """``"2023"``, ``"2020"``, ``"2021"`` or ``"legacy"`` from the file names in a case folder, ``None`` if none."""
     name = folder.name
-    if any(_find_nifti(folder, f"{name}-{m}") for m in (*BRATS_MODALITIES["2023"], "seg")):
+    if any(find_nifti(folder, f"{name}-{m}") for m in (*BRATS_MODALITIES["2023"], "seg")):
         return "2023"
-    if any(_find_nifti(folder, f"{name}_{m}") for m in (*BRATS_MODALITIES["2020"], "seg")):
+    if any(find_nifti(folder, f"{name}_{m}") for m in (*BRATS_MODALITIES["2020"], "seg")):
         if name.startswith("BraTS20_"):
             return "2020"
         if name.startswith("BraTS2021_"):
             return "2021"
         return "legacy"
     return None
-
-
-def _brats_case_dirs(root: Path) -> list[tuple[Path, str]]:
-    """Case folders directly under ``root`` or one level deeper (e.g. ``root/TrainingData/<case>``)."""
-    cases = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        convention = _brats_convention(sub)
-        if convention is not None:
-            cases.append((sub, convention))
-            continue
-        for subsub in sorted(p for p in sub.iterdir() if p.is_dir()):
-            convention = _brats_convention(subsub)
-            if convention is not None:
-                cases.append((subsub, convention))
-    return cases
 
 
 def brats_datalist(
@@ -185,6 +341,7 @@ def brats_datalist(
     seed: int = 0,
     require_label: bool = False,
     check_headers: bool = False,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Build a datalist from a BraTS 2020, 2021 or 2023 folder tree.
 
@@ -197,9 +354,9 @@ def brats_datalist(
       (e.g. ``BraTS20_Training_001``, ``BraTS2021_00000``).
 
     Each item is ``{"case_id", "image": [t1n, t1c, t2w, t2f] (or [t1, t1ce, t2, flair]) in this fixed order,
-    "label": seg, "raters": [<case>-seg-rater1, ...], "et_label"}``; ``"label"`` only when the segmentation exists
-    (challenge validation/test sets have none: those items go to ``"test"``), ``"raters"`` only when rater files exist
-    (monai_probseg's phantoms write them).
+    "label": seg, "raters": [<case>-seg-rater1, ...], "brainmask": <case>-brainmask, "et_label"}``; ``"label"`` only
+    when the segmentation exists (challenge validation/test sets have none: those items go to ``"test"``),
+    ``"raters"`` and ``"brainmask"`` only when those files exist (monai_probseg's phantoms write them).
 
     Label convention: labels are 1 necrotic/non-enhancing core, 2 edema and, for the enhancing tumour, **4 in BraTS
     2020/2021 but 3 in BraTS 2023**. Every item records its value in ``"et_label"``, and the datalist in ``"labels"``.
@@ -218,13 +375,17 @@ def brats_datalist(
         require_label: raise if a case has no segmentation file instead of putting it in ``"test"``.
         check_headers: read every file's NIfTI header (not the voxels) and check that all files of a case share
             their shape and affine (``np.allclose``, atol 1e-3).
+        allow_missing: list a missing modality (or rater in the middle of the rater numbers) under the name it
+            should have (``<case>/<case>-t2f.nii.gz``) instead of raising, so that a per-case consumer (the bundles'
+            inference runner) reports that case and goes on with the others.
 
     Returns:
         the datalist ``{"name", "modality", "labels", "training", "validation", "test"}``.
 
     Raises:
-        FileNotFoundError: ``root`` is missing, has no BraTS case folders, or a case lacks a modality (or a
-            segmentation with ``require_label``, or a rater in the middle of the rater numbers).
+        NoCaseFoldersError: ``root`` has no BraTS case folders (a ``FileNotFoundError``).
+        FileNotFoundError: ``root`` is missing, or a case lacks a modality (without ``allow_missing``), a
+            segmentation with ``require_label``, or a rater in the middle of the rater numbers.
         ValueError: bad ``year``, case names in another convention than ``year`` or mixed conventions, header
             mismatch.
 
@@ -240,9 +401,9 @@ def brats_datalist(
         if year not in BRATS_MODALITIES:
             raise ValueError(f"year must be one of {sorted(BRATS_MODALITIES)} or None, got {year!r}.")
     val_fraction = _check_fraction(val_fraction, "val_fraction")
-    cases = _brats_case_dirs(root_path)
+    cases = _case_dirs(root_path, _brats_convention)
     if not cases:
-        raise FileNotFoundError(
+        raise NoCaseFoldersError(
             f"no BraTS case folders found under '{root}': expected '<case>/<case>-t1n.nii.gz' (2023) or "
             f"'<case>/<case>_t1.nii.gz' (2020/2021) in the folder or one level below."
         )
@@ -273,31 +434,15 @@ def brats_datalist(
     labelled, unlabelled, groups = [], [], []
     for folder, _ in cases:
         case_id = folder.name
-        images = []
-        for m in modalities:
-            path = _find_nifti(folder, f"{case_id}{sep}{m}")
-            if path is None:
-                raise FileNotFoundError(
-                    f"BraTS case '{case_id}': missing {m} file '{case_id}{sep}{m}.nii.gz' in {folder}; expected the "
-                    f"modalities {', '.join(modalities)}."
-                )
-            images.append(path)
-        item: dict[str, Any] = {"case_id": case_id, "image": [str(p) for p in images]}
-        seg = _find_nifti(folder, f"{case_id}{sep}seg")
-        if seg is not None:
-            item["label"] = str(seg)
-        elif require_label:
+        item = _case_item(
+            folder, sep, modalities, "seg", f"seg{sep}rater", ("brainmask",), "BraTS", allow_missing, check_headers
+        )
+        if "label" not in item and require_label:
             raise FileNotFoundError(
                 f"BraTS case '{case_id}': missing segmentation '{case_id}{sep}seg.nii.gz' in {folder} "
                 "(require_label=True)."
             )
-        pattern = re.compile(re.escape(f"{case_id}{sep}seg{sep}rater") + r"(\d+)\.nii(?:\.gz)?")
-        raters = _annotator_files(folder, pattern, case_id, "BraTS", f"{case_id}{sep}seg{sep}rater{{}}.nii.gz")
-        if raters:
-            item["raters"] = [str(p) for p in raters]
         item["et_label"] = et_label
-        if check_headers:
-            _check_case_headers(case_id, images + ([seg] if seg is not None else []) + raters)
         if "label" in item:
             labelled.append(item)
             # BraTS 2023 ids end with a 3-digit timepoint: keep all timepoints of a patient on one side of the split
@@ -469,14 +614,12 @@ def lidc_datalist(
             raise ValueError(f"LIDC pickle entries '{names[name]}' and '{key}' map to the same file name '{name}'.")
         names[name] = key
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
         image_path = folder / f"{name}-image.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), str(image_path))
-        label_paths = []
-        for k, mask in enumerate(masks, start=1):
-            path = folder / f"{name}-seg-rater{k}.nii.gz"
-            nib.save(nib.Nifti1Image((np.asarray(mask) > 0).astype(np.uint8), affine), str(path))
-            label_paths.append(str(path))
+        label_paths = [str(folder / f"{name}-seg-rater{k}.nii.gz") for k in range(1, len(masks) + 1)]
+        with atomic_writes(folder) as staged:  # the crop's files appear together, complete
+            nib.save(nib.Nifti1Image(image, affine), staged(image_path.name))
+            for path, mask in zip(label_paths, masks):
+                nib.save(nib.Nifti1Image((np.asarray(mask) > 0).astype(np.uint8), affine), staged(Path(path).name))
         series_uid = str(value.get("series_uid", key))
         items.append({"case_id": str(key), "image": str(image_path), "label": label_paths, "series_uid": series_uid})
         groups.append(series_uid)
@@ -530,7 +673,7 @@ def qubiq_datalist(
     """
     root = _check_root(task_dir, "QUBIQ task_dir")
     val_fraction = _check_fraction(val_fraction, "val_fraction")
-    cases = [p for p in sorted(root.iterdir()) if p.is_dir() and _find_nifti(p, "image") is not None]
+    cases = [p for p in sorted(root.iterdir()) if p.is_dir() and find_nifti(p, "image") is not None]
     if not cases:
         raise FileNotFoundError(f"no QUBIQ case folders ('<case>/image.nii.gz') found under '{task_dir}'.")
     seg_re = re.compile(r"task(\d+)_seg(\d+)\.nii(?:\.gz)?", re.IGNORECASE)
@@ -568,7 +711,7 @@ def qubiq_datalist(
             raise FileNotFoundError(
                 f"QUBIQ case '{folder.name}': {what} in {folder}; found {len(segs)} annotators, expected {expected}."
             )
-        image = _find_nifti(folder, "image")
+        image = find_nifti(folder, "image")
         if check_headers:
             _check_case_headers(folder.name, [image, *segs])
         item: dict[str, Any] = {"case_id": folder.name, "image": str(image)}
@@ -703,7 +846,7 @@ def multi_annotator_datalist(
 
 
 def write_datalist(datalist: Mapping[str, Any] | Sequence[Mapping], path: PathLike) -> Path:
-    """Write ``datalist`` as JSON, atomically (a temporary file in the same folder, then ``os.replace``).
+    """Write ``datalist`` as JSON, atomically (:func:`monai_probseg.utils.write_json_atomic`).
 
     A reader never sees a half-written file, and an error leaves any previous file untouched.
 
@@ -715,31 +858,13 @@ def write_datalist(datalist: Mapping[str, Any] | Sequence[Mapping], path: PathLi
     Returns:
         the path written.
 
+    Raises:
+        TypeError: naming a value that cannot be written as JSON.
+
     Example::
 
         write_datalist(brats_datalist("/data/BraTS2021"), "/data/BraTS2021/datalist.json")
     """
-
-    def _default(obj: Any) -> Any:
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        if isinstance(obj, np.generic):
-            return obj.item()
-        raise TypeError(f"write_datalist: {type(obj).__name__} value {obj!r} is not JSON serialisable.")
-
     target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=4, default=_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomic(datalist, target, indent=4)
     return target

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.engines.utils import PrepareBatch, default_prepare_batch
+from monai.engines.utils import DiffusionPrepareBatch as _MonaiDiffusionPrepareBatch
+from monai.engines.utils import default_prepare_batch
 
 from monai_probseg.networks.nets.diffusion_seg import DiffusionSegmentation
 from monai_probseg.utils import make_generator
@@ -22,8 +23,14 @@ from monai_probseg.utils import make_generator
 __all__ = ["DiffusionPrepareBatch"]
 
 
-class DiffusionPrepareBatch(PrepareBatch):
+class DiffusionPrepareBatch(_MonaiDiffusionPrepareBatch):
     """``prepare_batch`` for training :py:class:`~monai_probseg.networks.nets.DiffusionSegmentation` with MONAI engines.
+
+    A subclass of MONAI's ``monai.engines.utils.DiffusionPrepareBatch`` (its ``get_timesteps``/``get_noise``/
+    ``get_target`` hooks draw here from one seeded generator, and ``get_target`` gives the velocity for
+    v-prediction). MONAI's version diffuses the *image* and passes the condition as a keyword for its
+    ``DiffusionInferer``; this one diffuses the *label* and keeps the image as the condition, which the network
+    concatenates to the noisy label (Wolleb et al.), and it draws one of several annotators per item.
 
     For a batch with ``image`` ``(B, image_channels, *spatial)`` and ``label`` ``(B, K, *spatial)`` (class indices;
     ``K`` annotators), it
@@ -39,8 +46,8 @@ class DiffusionPrepareBatch(PrepareBatch):
 
     The image is returned as loaded (never noised): the engine then calls
     ``network(image, noisy_seg=x_t, timesteps=t)``, which concatenates the image to ``x_t`` as Wolleb et al. do,
-    and the loss compares the output with ``target`` (:py:class:`monai_probseg.losses.DiffusionLoss`, the
-    ``L_simple`` of Ho et al.). Use it with MONAI's ``SupervisedTrainer``, or with
+    and the loss compares the output with ``target`` (``torch.nn.MSELoss``: the ``L_simple`` of Ho et al.). Use it
+    with MONAI's ``SupervisedTrainer``, or with
     :py:class:`~monai_probseg.engines.ProbSegTrainer` and ``label_to_network=False`` (the label reaches the network
     diffused, through ``noisy_seg``). ``engine.state.output["label"]`` then holds the target (noise), not the mask.
 
@@ -56,7 +63,7 @@ class DiffusionPrepareBatch(PrepareBatch):
         net = DiffusionSegmentation(2, image_channels=1, num_classes=2)
         trainer = ProbSegTrainer(
             device="cpu", max_epochs=100, train_data_loader=loader, network=net,
-            optimizer=torch.optim.AdamW(net.parameters(), 1e-4), loss_function=DiffusionLoss(),
+            optimizer=torch.optim.AdamW(net.parameters(), 1e-4), loss_function=torch.nn.MSELoss(),
             prepare_batch=DiffusionPrepareBatch(net, generator=0), label_to_network=False,
         )
     """
@@ -70,6 +77,7 @@ class DiffusionPrepareBatch(PrepareBatch):
     ) -> None:
         if not isinstance(network, DiffusionSegmentation):
             raise TypeError(f"network must be a DiffusionSegmentation, got {type(network).__name__}.")
+        super().__init__(num_train_timesteps=network.num_train_timesteps)
         self.network = network
         self.generator = make_generator(generator)
         self.image_key = image_key
@@ -77,6 +85,38 @@ class DiffusionPrepareBatch(PrepareBatch):
 
     def _draw_device(self) -> torch.device:
         return self.generator.device if self.generator is not None else torch.device("cpu")
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        """Timesteps ``t ~ U{0, ..., T - 1}``, one per item of ``images`` (the encoded labels ``x_0``).
+
+        Args:
+            images: the tensor that is diffused, ``(B, ch, *spatial)``.
+        """
+        draw = torch.randint(
+            0, self.num_train_timesteps, (images.shape[0],), generator=self.generator, device=self._draw_device()
+        )
+        return draw.to(images.device)
+
+    def get_noise(self, images: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise of the shape of ``images`` (the encoded labels ``x_0``).
+
+        Args:
+            images: the tensor that is diffused, ``(B, ch, *spatial)``.
+        """
+        noise = torch.randn(images.shape, generator=self.generator, device=self._draw_device(), dtype=images.dtype)
+        return noise.to(images.device)
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise, or the velocity ``sqrt(abar_t) epsilon - sqrt(1 - abar_t) x_0`` for v-prediction.
+
+        Args:
+            images: the encoded labels ``x_0``.
+            noise: the noise ``epsilon``.
+            timesteps: the timesteps ``t``.
+        """
+        if self.network.prediction_type == "v_prediction":
+            return self.network.scheduler.get_velocity(sample=images, noise=noise, timesteps=timesteps)
+        return noise
 
     def __call__(
         self,
@@ -101,18 +141,12 @@ class DiffusionPrepareBatch(PrepareBatch):
                 f"{tuple(labels.shape)}."
             )
         batch, num_annotators = labels.shape[0], labels.shape[1]
-        draw = self._draw_device()
         if num_annotators > 1:
-            choice = torch.randint(0, num_annotators, (batch,), generator=self.generator, device=draw).to(labels.device)
-            labels = labels[torch.arange(batch, device=labels.device), choice].unsqueeze(1)
+            choice = torch.randint(0, num_annotators, (batch,), generator=self.generator, device=self._draw_device())
+            labels = labels[torch.arange(batch, device=labels.device), choice.to(labels.device)].unsqueeze(1)
         x0 = net.encode_label(labels).to(device=images.device, dtype=images.dtype)
-        timesteps = torch.randint(0, net.num_train_timesteps, (batch,), generator=self.generator, device=draw)
-        noise = torch.randn(x0.shape, generator=self.generator, device=draw, dtype=x0.dtype)
-        timesteps = timesteps.to(images.device)
-        noise = noise.to(images.device)
+        # the draws in this order: annotators, timesteps, noise
+        timesteps = self.get_timesteps(x0)
+        noise = self.get_noise(x0)
         noisy_seg = net.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
-        if net.prediction_type == "v_prediction":
-            target = net.scheduler.get_velocity(sample=x0, noise=noise, timesteps=timesteps)
-        else:
-            target = noise
-        return images, target, (), {"noisy_seg": noisy_seg, "timesteps": timesteps}
+        return images, self.get_target(x0, noise, timesteps), (), {"noisy_seg": noisy_seg, "timesteps": timesteps}

@@ -57,7 +57,7 @@ class ExponentialMovingAverage:
         for batch in loader:
             ...; optimizer.step(); ema.update()
         with ema.swapped():
-            probs = net.sample(images, 5)
+            logits = net.sample(net.distribution(images), 5)
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = False) -> None:

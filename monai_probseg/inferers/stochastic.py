@@ -7,11 +7,13 @@ See docs/design.rst, "The model contract: spatial parameter maps plus global noi
 its output distribution as spatial parameter maps that sliding-window inference stitches like logits, plus a
 sampler that turns the stitched maps and *global* noise into samples. The expensive backbone then runs once
 per window, the cheap head once per sample, and sample k has the same "style" in every window (no seams).
+
+The inferer has one path per kind of the model contract (:py:mod:`monai_probseg.networks.contract`) and chooses it
+from the kind the model declares (:py:func:`~monai_probseg.networks.sampling_kind`), never from its attributes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,7 +24,17 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import BlendMode, PytorchPadMode, look_up_option
 from tqdm.auto import tqdm
 
+from monai_probseg.inferers.baselines import DeepEnsemble
 from monai_probseg.metrics import StreamingUncertaintyMaps
+from monai_probseg.networks.contract import (
+    DistributionModel,
+    IterativeSampler,
+    ProbabilisticModel,
+    RepeatedPassSampler,
+    SamplingKind,
+    sampling_kind,
+    unwrap_parallel,
+)
 from monai_probseg.utils import check_finite, check_positive_int, make_generator
 
 __all__ = ["StochasticSlidingWindowInferer", "SAMPLE_OUTPUTS"]
@@ -36,23 +48,28 @@ SAMPLE_OUTPUTS = ("seg", "prob", "entropy", "expected_entropy", "mutual_info", "
 class StochasticSlidingWindowInferer(Inferer):
     """Draw ``num_samples`` segmentations of whole images with sliding windows and summarise them while streaming.
 
-    What it does depends on the network:
+    What it does depends on the kind the network declares in the model contract
+    (:py:mod:`monai_probseg.networks.contract`; ``DataParallel``/``DistributedDataParallel`` wrappers are looked
+    through), one path per kind:
 
-    - **Distribution models** (a ``distribution(x)`` and a ``sample(maps, num_samples, generator)`` method, such as
+    - **distribution** (:py:class:`~monai_probseg.networks.DistributionModel`, such as
       :py:class:`~monai_probseg.networks.nets.ProbabilisticUNet` and
       :py:class:`~monai_probseg.networks.nets.StochasticSegmentationNetwork`): one sliding-window pass over
       ``distribution()`` (MONAI's ``sliding_window_inference`` stitches the dict of maps), then ``num_samples``
       samples from the stitched maps in chunks of ``sample_batch_size``, with noise drawn once per sample for the
-      whole volume. If the network also has ``sampling_mask(maps) -> (B, 1, *spatial)`` bool, only voxels inside the
-      mask are sampled; outside it every sample equals the network's mean prediction ``mean_logits(maps)``.
-    - **Iterative samplers** (a ``sample_windowed(inputs, num_samples, window_fn, generator)`` method returning
-      ``(B, n, C, *spatial)`` probabilities, e.g. diffusion): called once per chunk; ``window_fn(tensor, patch_fn)``
+      whole volume. Only voxels inside the network's ``sampling_mask(maps)`` (and ``sample_roi``) are sampled;
+      outside them every sample equals the network's mean prediction ``mean_logits(maps)``.
+    - **iterative** (:py:class:`~monai_probseg.networks.IterativeSampler`, e.g. diffusion):
+      ``sample(distribution(inputs), n, generator, window_fn=...)`` once per chunk; ``window_fn(tensor, patch_fn)``
       runs a blended sliding-window pass of ``patch_fn`` over a whole tensor, which the sampler uses at every step.
-    - **Any other network** (fallback): ``num_samples`` independent sliding-window passes. This serves MC dropout
-      (:py:func:`~monai_probseg.inferers.mc_dropout`), deep ensembles (a list of networks or a
-      :py:class:`~monai_probseg.inferers.DeepEnsemble`: one pass per member) and test-time augmentation
-      (:py:class:`~monai_probseg.inferers.FlipTTA`). Random layers draw from a seeded, forked RNG, so the caller's
-      global random state is left untouched.
+    - **repeated** (:py:class:`~monai_probseg.networks.RepeatedPassSampler`): one full sliding-window pass per
+      sample, ``sample(distribution(inputs), n, generator, window_fn=..., start=k)`` per chunk. This serves MC
+      dropout (:py:func:`~monai_probseg.inferers.mc_dropout`), deep ensembles (a list of networks or a
+      :py:class:`~monai_probseg.inferers.DeepEnsemble`: one pass per member, ``num_members`` samples) and test-time
+      augmentation (:py:class:`~monai_probseg.inferers.FlipTTA`). Random layers draw from a fork of torch's random
+      state seeded from ``seed``, so the caller's global random state is left untouched.
+    - **deterministic** (any other ``nn.Module``, e.g. a MONAI ``UNet``): one sliding-window pass; every sample
+      equals it (zero mutual information and variance).
 
     Memory does not grow with ``num_samples``: the probabilities of each chunk are folded into
     :py:class:`~monai_probseg.metrics.StreamingUncertaintyMaps` and dropped, unless ``keep_samples=True``
@@ -75,9 +92,10 @@ class StochasticSlidingWindowInferer(Inferer):
         sigma_scale: Gaussian blending width (MONAI's ``sigma_scale``).
         padding_mode: padding when the window is larger than the image (MONAI's ``padding_mode``).
         cval: padding value for ``padding_mode="constant"``.
-        in_channels: expected number of image channels; by default read from ``network.in_channels`` when present.
-        sample_roi: restrict sampling to a region of interest (for distribution models that have
-            ``mean_logits(maps)``): ``"nonzero"`` samples only where some input channel is non-zero (skull-stripped
+        in_channels: expected number of image channels; by default the ``in_channels`` the network declares in the
+            model contract (no check for a plain network).
+        sample_roi: restrict sampling to a region of interest (for distribution models): ``"nonzero"`` samples only
+            where some input channel is non-zero (skull-stripped
             MRI such as BraTS: the air is zero), a callable ``inputs -> (B, 1, *spatial)`` bool gives the region
             itself; ``None`` (default) samples everywhere the network's ``sampling_mask`` (if any) asks. Outside the
             region every sample equals the mean prediction.
@@ -148,44 +166,42 @@ class StochasticSlidingWindowInferer(Inferer):
 
         Args:
             inputs: the image batch.
-            network: a distribution model, an iterative sampler, a network, or a list of networks (an ensemble).
-            args: extra positional arguments for the network's ``forward``/``distribution``.
-            kwargs: extra keyword arguments for the network's ``forward``/``distribution``.
+            network: a model of the contract (distribution model, iterative or repeated-pass sampler), any other
+                network (deterministic), or a list of networks (a :py:class:`~monai_probseg.inferers.DeepEnsemble`).
+            args: extra positional arguments for the network's ``distribution`` (distribution models) or for each
+                pass (repeated-pass samplers and deterministic networks).
+            kwargs: extra keyword arguments, passed like ``args``.
 
         Returns:
             a dict with the maps named in ``outputs`` (``"seg"`` and the scalar maps have one channel, ``"prob"`` and
             ``"variance"`` C channels), plus ``"samples"`` if ``keep_samples``.
         """
+        if isinstance(network, (list, tuple)):
+            network = DeepEnsemble(network)
+        network = unwrap_parallel(network)
         self._check_inputs(inputs, network)
         device = torch.device(self.device) if self.device is not None else inputs.device
         # samples are drawn where the network runs (sw_device), then summarised on `device`
         sample_device = torch.device(self.sw_device) if self.sw_device is not None else device
         generator = make_generator(self.seed, sample_device)
 
-        if isinstance(network, (list, tuple)):
-            from monai_probseg.inferers.baselines import DeepEnsemble
-
-            network = DeepEnsemble(network)
-        if self.sampling == "per_window":
-            if not _is_distribution_model(network):
-                raise ValueError(
-                    "sampling='per_window' is the naive comparison for distribution models (with distribution() and "
-                    f"sample()); {type(network).__name__} has no such methods."
-                )
-            chunks = self._per_window_chunks(inputs, network, generator, args, kwargs)
-            result = self._summarise(chunks, device)
-        elif _is_distribution_model(network):
-            result = self._sample_distribution(inputs, network, generator, device, args, kwargs)
-        elif callable(getattr(network, "sample_windowed", None)):
-            window_fn = self._window_fn(args=(), kwargs={})
-            chunks = (
-                network.sample_windowed(inputs, n, window_fn, generator)
-                for n in self._chunk_sizes("iterative sampling")
+        kind = sampling_kind(network)
+        if self.sampling == "per_window" and kind is not SamplingKind.DISTRIBUTION:
+            raise ValueError(
+                "sampling='per_window' is the naive comparison for distribution models (DistributionModel); "
+                f"{type(network).__name__} is a {kind.value} model."
             )
-            result = self._summarise(chunks, device)
+        if kind is SamplingKind.DISTRIBUTION:
+            if self.sampling == "per_window":
+                result = self._summarise(self._per_window_chunks(inputs, network, generator, args, kwargs), device)
+            else:
+                result = self._sample_distribution(inputs, network, generator, device, args, kwargs)
+        elif kind is SamplingKind.ITERATIVE:
+            result = self._sample_iterative(inputs, network, generator, device)
+        elif kind is SamplingKind.REPEATED:
+            result = self._sample_repeated(inputs, network, generator, device, args, kwargs)
         else:
-            chunks = self._repeated_pass_chunks(inputs, network, args, kwargs)
-            result = self._summarise(chunks, device)
+            result = self._sample_deterministic(inputs, network, device, args, kwargs)
         return _as_meta(result, inputs)
 
     # ------------------------------------------------------------------ checks
@@ -203,11 +219,9 @@ class StochasticSlidingWindowInferer(Inferer):
                 f"roi_size {tuple(self.roi_size)} has {len(self.roi_size)} axes but the inputs {tuple(inputs.shape)} "
                 f"have {spatial_dims} spatial dimensions."
             )
-        members = network if isinstance(network, (list, tuple)) else [network]
         expected = self.in_channels
-        if expected is None:
-            expected = getattr(members[0], "in_channels", None)
-            expected = expected if isinstance(expected, int) else None
+        if expected is None and isinstance(network, ProbabilisticModel):
+            expected = network.in_channels
         if expected is not None and inputs.shape[1] != expected:
             raise ValueError(
                 f"inputs have {inputs.shape[1]} channels (shape {tuple(inputs.shape)}), the network expects "
@@ -215,12 +229,11 @@ class StochasticSlidingWindowInferer(Inferer):
             )
         check_finite(inputs, f"inputs of shape {tuple(inputs.shape)}")
 
-    def _chunk_sizes(self, desc: str) -> Iterator[int]:
-        sizes = [
-            min(self.sample_batch_size, self.num_samples - i)
-            for i in range(0, self.num_samples, self.sample_batch_size)
-        ]
-        yield from tqdm(sizes, desc=desc, unit="chunk", disable=not self.progress, leave=False)
+    def _chunks(self, desc: str, total: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(first sample index, number of samples)`` of each chunk of ``total`` (``num_samples``) samples."""
+        total = self.num_samples if total is None else total
+        chunks = [(i, min(self.sample_batch_size, total - i)) for i in range(0, total, self.sample_batch_size)]
+        yield from tqdm(chunks, desc=desc, unit="chunk", disable=not self.progress, leave=False)
 
     def _window_fn(self, args: tuple, kwargs: dict, progress: bool = False) -> Callable[[torch.Tensor, Callable], Any]:
         """A function ``(tensor, patch_fn) -> blended output`` with this inferer's window settings."""
@@ -258,32 +271,29 @@ class StochasticSlidingWindowInferer(Inferer):
         return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in maps.items()}
 
     def _sample_distribution(
-        self, inputs: torch.Tensor, network: Any, generator: torch.Generator | None, device: torch.device, args, kwargs
+        self,
+        inputs: torch.Tensor,
+        network: DistributionModel,
+        generator: torch.Generator | None,
+        device: torch.device,
+        args: tuple,
+        kwargs: dict,
     ) -> dict[str, torch.Tensor]:
         sample_device = torch.device(self.sw_device) if self.sw_device is not None else device
         maps = {k: v.to(sample_device) for k, v in self._stitched_maps(inputs, network, args, kwargs).items()}
-        mask_fn = getattr(network, "sampling_mask", None)
-        mask = mask_fn(maps) if callable(mask_fn) else None
+        mask = network.sampling_mask(maps)
         if self.sample_roi is not None:
             roi = self._roi(inputs).to(sample_device)
             mask = roi if mask is None else mask.to(sample_device) & roi
-        if mask is not None and not callable(getattr(network, "mean_logits", None)):
-            raise TypeError(
-                f"{type(network).__name__} has no mean_logits(maps): sampling restricted to a region needs the mean "
-                "prediction for the voxels outside it."
-            )
         if mask is None:
-            chunks = (network.sample(maps, n, generator) for n in self._chunk_sizes("sampling"))
+            chunks = (network.sample(maps, n, generator) for _, n in self._chunks("sampling"))
             return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
 
         # sample only inside the mask; outside it every sample equals the mean prediction
         spatial = next(iter(maps.values())).shape[2:]
         if mask.shape[0] != inputs.shape[0] or tuple(mask.shape[2:]) != tuple(spatial):
             raise ValueError(f"sampling_mask returned shape {tuple(mask.shape)}, expected (B, 1, *{tuple(spatial)}).")
-        mean_probs = torch.softmax(network.mean_logits(maps).float(), 1).unsqueeze(1)
-        full = self._summarise(iter([mean_probs]), device, num_samples=1)
-        if self.keep_samples:
-            full["samples"] = full["samples"].expand(-1, self.num_samples, *spatial).clone()
+        full = self._constant(torch.softmax(network.mean_logits(maps).float(), 1), device)
         for b in range(inputs.shape[0]):
             index = mask[b].reshape(-1).nonzero().squeeze(1)
             if index.numel() == 0:
@@ -293,7 +303,7 @@ class StochasticSlidingWindowInferer(Inferer):
             compact = {
                 k: v[b : b + 1].flatten(2)[..., index].reshape(1, v.shape[1], *compact_shape) for k, v in maps.items()
             }
-            chunks = (network.sample(compact, n, generator) for n in self._chunk_sizes(f"sampling item {b}"))
+            chunks = (network.sample(compact, n, generator) for _, n in self._chunks(f"sampling item {b}"))
             part = self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
             for key, value in part.items():
                 target = full[key][b].flatten(1)
@@ -314,31 +324,66 @@ class StochasticSlidingWindowInferer(Inferer):
             return torch.softmax(network.sample(network.distribution(patch, *a, **kw), 1, generator)[:, 0].float(), 1)
 
         window_fn = self._window_fn(args, kwargs)
-        for n in self._chunk_sizes("naive sampling"):
+        for _, n in self._chunks("naive sampling"):
             yield torch.stack([window_fn(inputs, one_window_sample) for _ in range(n)], 1)
 
-    # ------------------------------------------------------------------ fallback: one full pass per sample
-    def _repeated_pass_chunks(self, inputs: torch.Tensor, network: Any, args, kwargs) -> Iterator[torch.Tensor]:
-        members = getattr(network, "members", None)
-        if members is not None and len(members) != self.num_samples:
+    # ------------------------------------------------------------------ iterative samplers
+    def _sample_iterative(
+        self, inputs: torch.Tensor, network: IterativeSampler, generator: torch.Generator | None, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        maps = network.distribution(inputs)  # the condition of the process, for the whole volume
+        window_fn = self._window_fn(args=(), kwargs={})
+        chunks = (
+            torch.softmax(network.sample(maps, n, generator, window_fn=window_fn).float(), 2)
+            for _, n in self._chunks("iterative sampling")
+        )
+        return self._summarise(chunks, device)
+
+    # ------------------------------------------------------------------ one full pass per sample
+    def _sample_repeated(
+        self,
+        inputs: torch.Tensor,
+        network: RepeatedPassSampler,
+        generator: torch.Generator | None,
+        device: torch.device,
+        args: tuple,
+        kwargs: dict,
+    ) -> dict[str, torch.Tensor]:
+        total = self.num_samples if network.num_members is None else network.num_members
+        if total != self.num_samples:
             logger.warning(
-                "an ensemble of %d members gives %d samples; num_samples=%d is ignored.",
-                len(members),
-                len(members),
+                "%s has %d members and gives %d samples; num_samples=%d is ignored.",
+                type(network).__name__,
+                total,
+                total,
                 self.num_samples,
             )
-        passes: Sequence[Callable] = list(members) if members is not None else [network] * self.num_samples
+        maps = network.distribution(inputs)
         window_fn = self._window_fn(args, kwargs)
-        rng = _forked_rng(self.seed, torch.device(self.sw_device) if self.sw_device is not None else inputs.device)
-        with rng:
-            for start in tqdm(
-                range(0, len(passes), self.sample_batch_size),
-                desc="sampling (one pass per sample)",
-                disable=not self.progress,
-                leave=False,
-            ):
-                chunk = passes[start : start + self.sample_batch_size]
-                yield torch.stack([torch.softmax(window_fn(inputs, net).float(), 1) for net in chunk], 1)
+        chunks = (
+            torch.softmax(network.sample(maps, n, generator, window_fn=window_fn, start=start).float(), 2)
+            for start, n in self._chunks("sampling (one pass per sample)", total)
+        )
+        return self._summarise(chunks, device, num_samples=total)
+
+    # ------------------------------------------------------------------ deterministic networks
+    def _sample_deterministic(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., torch.Tensor],
+        device: torch.device,
+        args: tuple,
+        kwargs: dict,
+    ) -> dict[str, torch.Tensor]:
+        logits = self._window_fn(args, kwargs, progress=self.progress)(inputs, network)
+        return self._constant(torch.softmax(logits.float(), 1), device)
+
+    def _constant(self, probs: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """The summary of ``num_samples`` samples that all equal ``probs`` ``(B, C, *spatial)``."""
+        full = self._summarise(iter([probs.unsqueeze(1)]), device, num_samples=1)
+        if self.keep_samples:
+            full["samples"] = full["samples"].expand(-1, self.num_samples, *probs.shape[2:]).clone()
+        return full
 
     # ------------------------------------------------------------------ summary
     def _summarise(
@@ -363,25 +408,6 @@ class StochasticSlidingWindowInferer(Inferer):
         if self.keep_samples:
             result["samples"] = torch.cat(kept, 1)
         return result
-
-
-def _is_distribution_model(network: Any) -> bool:
-    return callable(getattr(network, "distribution", None)) and callable(getattr(network, "sample", None))
-
-
-def _forked_rng(seed: int | None, device: torch.device) -> contextlib.AbstractContextManager:
-    """Seed torch's global RNG inside a fork: random layers (dropout) are reproducible, the caller's state is kept."""
-    if seed is None:
-        return contextlib.nullcontext()
-    devices = [device] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def _ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return _ctx()
 
 
 def _as_meta(result: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from .diffusion import DiffusionLoss
 from .elbo import ELBOLoss, cross_entropy_map
 from .kl import KLDivergenceLoss, gaussian_kl_divergence
 from .mvn_nll import LowRankMVNNLLLoss

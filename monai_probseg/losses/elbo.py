@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from monai_probseg.losses.kl import gaussian_kl_divergence
+from monai_probseg.distributions import gaussian_kl_divergence
 
 __all__ = ["ELBOLoss", "cross_entropy_map"]
 

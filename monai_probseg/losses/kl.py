@@ -9,8 +9,10 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from monai_probseg.distributions import gaussian_kl_divergence
 from monai_probseg.utils import check_positive_int, make_generator
 
+# gaussian_kl_divergence lives in monai_probseg.distributions (the Probabilistic U-Net uses it too)
 __all__ = ["gaussian_kl_divergence", "KLDivergenceLoss"]
 
 
@@ -25,38 +27,6 @@ def _check_gaussian_params(mean_q, log_sigma_q, mean_p, log_sigma_p) -> None:
     shapes = {name: tuple(t.shape) for name, t in zip(names, tensors)}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"the four Gaussian parameters must have the same shape (B, D, ...), got {shapes}.")
-
-
-def gaussian_kl_divergence(
-    mean_q: torch.Tensor, log_sigma_q: torch.Tensor, mean_p: torch.Tensor, log_sigma_p: torch.Tensor
-) -> torch.Tensor:
-    """Element-wise analytic ``KL(q || p)`` of Gaussians ``q = N(mean_q, sigma_q^2)`` and ``p = N(mean_p, sigma_p^2)``.
-
-    ``KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mean_q - mean_p)^2) / (2 sigma_p^2) - 1/2``, written with
-    ``exp(2 (log_sigma_q - log_sigma_p))`` and ``exp(-2 log_sigma_p)`` so no division by a tiny sigma happens.
-    Summing over the latent axis gives the KL of the axis-aligned Gaussians of the Probabilistic U-Net
-    (Kohl et al., NeurIPS 2018).
-
-    Args:
-        mean_q: means of q.
-        log_sigma_q: log standard deviations of q (same shape).
-        mean_p: means of p (same shape).
-        log_sigma_p: log standard deviations of p (same shape).
-
-    Returns:
-        the KL of every element, the shape of the inputs.
-
-    Example::
-
-        z = torch.zeros(1, 1)
-        gaussian_kl_divergence(z, z, z + 1, z + math.log(2))  # log 2 + 2 / 8 - 1/2
-    """
-    return (
-        (log_sigma_p - log_sigma_q)
-        + 0.5 * torch.exp(2.0 * (log_sigma_q - log_sigma_p))
-        + 0.5 * (mean_q - mean_p) ** 2 * torch.exp(-2.0 * log_sigma_p)
-        - 0.5
-    )
 
 
 class KLDivergenceLoss(_Loss):

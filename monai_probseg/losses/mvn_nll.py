@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from monai_probseg.networks.blocks.lowrank import low_rank_sample
+from monai_probseg.distributions import low_rank_sample
 from monai_probseg.utils import check_positive_int, make_generator
 
 __all__ = ["LowRankMVNNLLLoss"]
@@ -39,7 +39,7 @@ class LowRankMVNNLLLoss(_Loss):
 
     computed with ``log_softmax`` and ``logsumexp`` so that it stays finite when the per-sample sums are large and
     negative. Samples are drawn with the reparameterisation ``mean + P @ eps + sqrt(D) * eta`` directly from the
-    spatial maps (:py:func:`~monai_probseg.networks.blocks.low_rank_sample`), never forming the dense
+    spatial maps (:py:func:`~monai_probseg.distributions.low_rank_sample`), never forming the dense
     ``(C V) x (C V)`` covariance; with ``antithetic=True`` (the reference implementation's choice) ``M / 2``
     centred samples ``z`` are drawn and both ``mean + z`` and ``mean - z`` are used.
 

@@ -17,14 +17,22 @@ from .ged import (
     sample_set_metrics,
 )
 from .hungarian import HungarianMatchedIoUMetric, hungarian_matched_iou, match_iou
+from .plausibility import PLAUSIBILITY_LIMITS, plausibility_scores, plausibility_warnings
 from .regions import (
     BRATS_REGION_NAMES,
+    BRATS_REGIONS,
     BraTSRegionMetrics,
     brats_regions,
     compute_brats_region_metrics,
     region_mask_scores,
+    region_masks,
 )
 from .seams import plane_differences, seam_ratio, window_borders, window_transitions
-from .uncertainty import UNCERTAINTY_MAP_KEYS, StreamingUncertaintyMaps, uncertainty_maps
+from .uncertainty import (
+    CASE_OUTPUTS,
+    DEFAULT_UNCERTAINTY_MAPS,
+    UNCERTAINTY_MAP_KEYS,
+    StreamingUncertaintyMaps,
+    uncertainty_maps,
+)
 from .utils import pairwise_distance, pairwise_iou, set_iou_blocks
-from .plausibility import PLAUSIBILITY_LIMITS, plausibility_scores, plausibility_warnings

@@ -11,8 +11,6 @@ import torch
 from monai.metrics import CalibrationErrorMetric
 from monai.networks.utils import one_hot
 
-from .utils import nan_mean
-
 __all__ = [
     "expected_calibration_error",
     "max_uncertainty_error_overlap",
@@ -250,4 +248,4 @@ def ncc_uncertainty_error(
     valid = (std_g > 1e-6 * gamma.abs().amax(dim=1))[:, None] & (std_e > 1e-6 * errors.abs().amax(dim=2))
     std = (std_g[:, None] * std_e).clamp_min(torch.finfo(std_e.dtype).tiny)
     ncc = torch.where(valid, cov / std, torch.full_like(cov, float("nan")))
-    return ncc if return_per_annotator else nan_mean(ncc, dim=1)
+    return ncc if return_per_annotator else torch.nanmean(ncc, dim=1)

@@ -13,7 +13,6 @@ from .utils import (
     SampleSetMetric,
     as_label_maps,
     class_mean_distance,
-    nan_mean,
     pairwise_distance,
     prepare_samples_and_annotations,
     set_iou_blocks,
@@ -33,7 +32,7 @@ def _mean_pairs(distances: torch.Tensor, include_diagonal: bool = True) -> torch
     if not include_diagonal:
         eye = torch.eye(distances.shape[1], distances.shape[2], dtype=torch.bool, device=distances.device)
         distances = distances.masked_fill(eye, float("nan"))
-    return nan_mean(distances, dim=(1, 2))
+    return torch.nanmean(distances, dim=(1, 2))
 
 
 def generalized_energy_distance(

@@ -1,13 +1,17 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""BraTS tumour regions (whole tumour, tumour core, enhancing tumour) and their Dice / HD95 via MONAI."""
+"""BraTS tumour regions (tumour core, whole tumour, enhancing tumour) and their Dice / HD95 via MONAI.
+
+:data:`BRATS_REGIONS` is the one definition of the regions in monai_probseg: every function here, the bundles'
+evaluation and reports use it, in MONAI's channel order (that of ``ConvertToMultiChannelBasedOnBratsClassesd``).
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,34 +19,71 @@ from monai.metrics import CumulativeIterationMetric, compute_dice, compute_hausd
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
-from .utils import nan_mean
-
 __all__ = [
+    "BRATS_REGIONS",
     "BRATS_REGION_NAMES",
     "BraTSRegionMetrics",
     "brats_regions",
     "compute_brats_region_metrics",
     "region_mask_scores",
+    "region_masks",
 ]
 
-BRATS_REGION_NAMES = ("WT", "TC", "ET")
-
-# labels making up WT, TC and ET under each labelling convention
-_BRATS_CONVENTIONS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "2023": ((1, 2, 3), (1, 3), (3,)),  # 1 necrotic core, 2 edema, 3 enhancing tumour (BraTS 2023+)
-    "2020": ((1, 2, 4), (1, 4), (4,)),  # 1 necrotic / non-enhancing core, 2 edema, 4 enhancing (BraTS 2017-2021)
-}
+#: The BraTS evaluation regions, region -> labels, with the BraTS 2023 labels (1 necrotic tumour core, 2 peritumoural
+#: edema, 3 enhancing tumour): tumour core TC = 1 u 3, whole tumour WT = 1 u 2 u 3, enhancing tumour ET = 3. The
+#: order is MONAI's: the channels of ``monai.transforms.ConvertToMultiChannelBasedOnBratsClassesd(et_label=3)``.
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)}
+#: the region names, in the order of :data:`BRATS_REGIONS`
+BRATS_REGION_NAMES = tuple(BRATS_REGIONS)
+# label of the enhancing tumour under each labelling convention (4 in BraTS 2017-2021, 3 from BraTS 2023 on)
+_ET_LABEL = {"2023": 3, "2020": 4}
 _EMPTY_POLICIES = ("brats", "nan")
+
+
+def _convention_regions(convention: str) -> dict[str, tuple[int, ...]]:
+    """:data:`BRATS_REGIONS` with the enhancing-tumour label of ``convention``."""
+    if convention not in _ET_LABEL:
+        raise ValueError(f"convention must be one of {tuple(_ET_LABEL)}, got {convention!r}.")
+    et = _ET_LABEL[convention]
+    return {name: tuple(et if lab == 3 else lab for lab in labels) for name, labels in BRATS_REGIONS.items()}
+
+
+def region_masks(
+    label_map: torch.Tensor, regions: Mapping[str, Sequence[int]], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Binary masks of label groups (regions) from a label map, one channel per region in the order of ``regions``.
+
+    Args:
+        label_map: label map ``(B, 1, *spatial)``.
+        regions: region name -> the labels making up the region (e.g. :data:`BRATS_REGIONS`).
+        dtype: dtype of the masks.
+
+    Returns:
+        region masks ``(B, len(regions), *spatial)``.
+
+    Example::
+
+        masks = region_masks(labels, {"lesion": (1, 2)})  # (B, 1, *spatial)
+    """
+    if label_map.ndim < 3 or label_map.shape[1] != 1:
+        raise ValueError(
+            f"label_map must have shape (B, 1, *spatial) (one channel of labels), got {tuple(label_map.shape)}; "
+            "for N sample label maps (B, N, *spatial) use compute_brats_region_metrics."
+        )
+    labels = label_map[:, 0]
+    masks = [torch.isin(labels, torch.tensor(list(v), device=labels.device)) for v in regions.values()]
+    return torch.stack(masks, dim=1).to(dtype)
 
 
 def brats_regions(
     label_map: torch.Tensor, convention: str = "2023", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Binary masks of the BraTS evaluation regions from a label map.
+    """Binary masks of the BraTS evaluation regions (:data:`BRATS_REGIONS`) from a label map.
 
-    WT (whole tumour) = 1 u 2 u 3, TC (tumour core) = 1 u 3, ET (enhancing tumour) = 3 with the BraTS 2023 labels
+    TC (tumour core) = 1 u 3, WT (whole tumour) = 1 u 2 u 3, ET (enhancing tumour) = 3 with the BraTS 2023 labels
     (1 necrotic core, 2 edema, 3 enhancing); with ``convention="2020"`` (BraTS 2017-2021) label 4 is the enhancing
-    tumour: WT = 1 u 2 u 4, TC = 1 u 4, ET = 4 (Menze et al., IEEE TMI 2015; Bakas et al., arXiv 1811.02629).
+    tumour: TC = 1 u 4, WT = 1 u 2 u 4, ET = 4 (Menze et al., IEEE TMI 2015; Bakas et al., arXiv 1811.02629). For 3D
+    label maps the masks equal ``ConvertToMultiChannelBasedOnBratsClasses(et_label=3 or 4)`` of each case.
 
     Args:
         label_map: label map ``(B, 1, *spatial)``, 2D or 3D.
@@ -50,24 +91,13 @@ def brats_regions(
         dtype: dtype of the masks.
 
     Returns:
-        region masks ``(B, 3, *spatial)`` in the order WT, TC, ET.
+        region masks ``(B, 3, *spatial)`` in the order TC, WT, ET.
 
     Example::
 
         regions = brats_regions(torch.randint(0, 4, (1, 1, 64, 64, 64)))  # (1, 3, 64, 64, 64)
     """
-    if convention not in _BRATS_CONVENTIONS:
-        raise ValueError(f"convention must be one of {tuple(_BRATS_CONVENTIONS)}, got {convention!r}.")
-    if label_map.ndim < 3 or label_map.shape[1] != 1:
-        raise ValueError(
-            f"label_map must have shape (B, 1, *spatial) (one channel of labels), got {tuple(label_map.shape)}; "
-            "for N sample label maps (B, N, *spatial) use compute_brats_region_metrics."
-        )
-    labels = label_map[:, 0]
-    masks = [
-        torch.isin(labels, torch.tensor(region, device=labels.device)) for region in _BRATS_CONVENTIONS[convention]
-    ]
-    return torch.stack(masks, dim=1).to(dtype)
+    return region_masks(label_map, _convention_regions(convention), dtype)
 
 
 def _image_diagonal(spatial_shape: Sequence[int], spacing: Any) -> float:
@@ -147,7 +177,7 @@ def compute_brats_region_metrics(
     empty: str = "brats",
     per_sample: bool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Dice and percentile Hausdorff distance of the BraTS regions WT, TC and ET.
+    """Dice and percentile Hausdorff distance of the BraTS regions TC, WT and ET (:data:`BRATS_REGIONS`).
 
     The scores are computed by MONAI (:py:func:`monai.metrics.compute_dice` and
     :py:func:`monai.metrics.compute_hausdorff_distance`, the computations behind ``DiceMetric`` and
@@ -171,12 +201,12 @@ def compute_brats_region_metrics(
 
     Returns:
         dict with ``"dice"`` and (if ``include_hd``) ``"hd"``, each ``(B, 3)`` for a single label map or
-        ``(B, N, 3)`` per sample, regions in the order WT, TC, ET.
+        ``(B, N, 3)`` per sample, regions in the order TC, WT, ET (:data:`BRATS_REGION_NAMES`).
 
     Example::
 
         scores = compute_brats_region_metrics(pred, label, spacing=(1.0, 1.0, 1.0))
-        scores["dice"][:, 0]  # whole-tumour Dice per case
+        scores["dice"][:, BRATS_REGION_NAMES.index("WT")]  # whole-tumour Dice per case
     """
     if empty not in _EMPTY_POLICIES:
         raise ValueError(f"empty must be one of {_EMPTY_POLICIES}, got {empty!r}.")
@@ -212,7 +242,7 @@ def compute_brats_region_metrics(
 
 
 class BraTSRegionMetrics(CumulativeIterationMetric):
-    """Dice and HD95 of the BraTS regions WT, TC, ET accumulated over iterations.
+    """Dice and HD95 of the BraTS regions TC, WT, ET (:data:`BRATS_REGIONS`) accumulated over iterations.
 
     Call it with ``y_pred`` a predicted label map ``(B, 1, *spatial)`` or sample label maps ``(B, N, *spatial)``
     (scores averaged over the samples, NaN-aware) and ``y`` the reference label map ``(B, 1, *spatial)``;
@@ -264,7 +294,7 @@ class BraTSRegionMetrics(CumulativeIterationMetric):
             empty=self.empty,
             per_sample=y_pred.shape[1] > 1,
         )
-        out = [v if v.ndim == 2 else nan_mean(v, dim=1) for v in scores.values()]
+        out = [v if v.ndim == 2 else torch.nanmean(v, dim=1) for v in scores.values()]
         return out
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> dict[str, Any]:

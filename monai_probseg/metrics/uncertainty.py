@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["UNCERTAINTY_MAP_KEYS", "StreamingUncertaintyMaps", "uncertainty_maps"]
+__all__ = [
+    "CASE_OUTPUTS",
+    "DEFAULT_UNCERTAINTY_MAPS",
+    "UNCERTAINTY_MAP_KEYS",
+    "StreamingUncertaintyMaps",
+    "uncertainty_maps",
+]
 
+# The names of the outputs, defined once here and used by the inferers, transforms, bundles and benchmarks.
+#: every map :func:`uncertainty_maps` and :class:`StreamingUncertaintyMaps` compute
 UNCERTAINTY_MAP_KEYS = ("prob", "seg", "entropy", "expected_entropy", "mutual_info", "variance")
+#: the outputs a user gets per case (``docs/design.rst``, "Outputs"), in the order a bundle writes them: the label
+#: map of the mean, the mean probabilities, the ``N`` sample label maps and the uncertainty maps
+CASE_OUTPUTS = ("seg", "prob", "samples", "entropy", "mutual_info", "variance")
+#: the summary maps of :data:`CASE_OUTPUTS` (all but the samples): what is computed when no maps are named
+DEFAULT_UNCERTAINTY_MAPS = tuple(k for k in CASE_OUTPUTS if k in UNCERTAINTY_MAP_KEYS)
 
 
 def _prepare_probs(probs: torch.Tensor, from_logits: bool, dtype: torch.dtype | None, name: str) -> torch.Tensor:

@@ -18,7 +18,6 @@ __all__ = [
     "as_label_maps",
     "class_mean_distance",
     "foreground_classes",
-    "nan_mean",
     "pairwise_distance",
     "pairwise_iou",
     "prepare_samples_and_annotations",
@@ -183,7 +182,7 @@ def class_mean_distance(iou: torch.Tensor, empty_both: str = "zero") -> torch.Te
 
         d = class_mean_distance(pairwise_iou(a, b, 3))
     """
-    return 1.0 - (iou.mean(-1) if empty_both == "zero" else nan_mean(iou, dim=-1))
+    return 1.0 - (iou.mean(-1) if empty_both == "zero" else torch.nanmean(iou, dim=-1))
 
 
 def pairwise_iou(
@@ -251,23 +250,6 @@ def pairwise_distance(
     """
     iou = pairwise_iou(masks_a, masks_b, num_classes, include_background, empty_both)
     return class_mean_distance(iou, empty_both)
-
-
-def nan_mean(x: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
-    """Mean over ``dim`` ignoring NaN entries; NaN where every entry is NaN.
-
-    Args:
-        x: input tensor.
-        dim: dimension(s) to reduce.
-
-    Example::
-
-        nan_mean(torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")]]), dim=1)  # [1.0, nan]
-    """
-    valid = ~torch.isnan(x)
-    count = valid.sum(dim=dim)
-    total = torch.where(valid, x, torch.zeros_like(x)).sum(dim=dim)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
 def aggregate_per_item(

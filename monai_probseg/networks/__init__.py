@@ -4,3 +4,14 @@
 from __future__ import annotations
 
 from . import blocks, nets
+from .contract import (
+    DistributionModel,
+    IterativeSampler,
+    ProbabilisticModel,
+    RepeatedPassSampler,
+    SamplingKind,
+    WindowFn,
+    sampling_kind,
+    unwrap_parallel,
+    whole_image,
+)

@@ -14,11 +14,9 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
-from monai_probseg.metrics.uncertainty import UNCERTAINTY_MAP_KEYS, uncertainty_maps
+from monai_probseg.metrics.uncertainty import DEFAULT_UNCERTAINTY_MAPS, UNCERTAINTY_MAP_KEYS, uncertainty_maps
 
 __all__ = ["UncertaintyMapsd", "UncertaintyMapsD", "UncertaintyMapsDict"]
-
-DEFAULT_MAPS = ("prob", "seg", "entropy", "mutual_info", "variance")
 
 
 class UncertaintyMapsd(MapTransform):
@@ -34,8 +32,9 @@ class UncertaintyMapsd(MapTransform):
 
     Args:
         keys: keys holding sample probabilities ``(N, C, *spatial)``.
-        maps: names of the maps to write, any of ``"prob"``, ``"seg"``, ``"entropy"``, ``"expected_entropy"``,
-            ``"mutual_info"``, ``"variance"``.
+        maps: names of the maps to write, any of ``UNCERTAINTY_MAP_KEYS`` (``"prob"``, ``"seg"``, ``"entropy"``,
+            ``"expected_entropy"``, ``"mutual_info"``, ``"variance"``); default
+            :data:`monai_probseg.metrics.DEFAULT_UNCERTAINTY_MAPS` (all but ``"expected_entropy"``).
         prefix: prefix of the output keys, one for all keys or one per key; defaults to ``""`` for a single key
             and to ``"{key}_"`` when there are several keys.
         from_logits: apply softmax over ``C`` (sigmoid for ``C = 1``) first.
@@ -53,7 +52,7 @@ class UncertaintyMapsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        maps: Sequence[str] = DEFAULT_MAPS,
+        maps: Sequence[str] = DEFAULT_UNCERTAINTY_MAPS,
         prefix: str | Sequence[str] | None = None,
         from_logits: bool = False,
         eps: float = 1e-12,

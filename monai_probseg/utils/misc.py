@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-__all__ = ["make_generator", "check_finite", "check_spatial_dims", "check_positive_int", "as_tuple"]
+__all__ = ["make_generator", "check_finite", "check_spatial_dims", "check_positive_int"]
 
 
 def make_generator(
@@ -58,13 +56,3 @@ def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
-
-
-def as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, ...]:
-    """Broadcast an int to a tuple of ``length`` or check a sequence has that length."""
-    if isinstance(value, int):
-        return (value,) * length
-    out = tuple(int(v) for v in value)
-    if len(out) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(out)}: {out}.")
-    return out

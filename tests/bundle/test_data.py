@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monai_probseg.bundle import BundleDatalist, CaseError, check_case_files, scan_case_folders
-from monai_probseg.data import write_brats_phantoms, write_datalist
+from monai_probseg.data import brats_datalist, write_ambiguous_lesions_2d, write_brats_phantoms, write_datalist
 
 CASE = "BraTS-PHANTOM-{:05d}-000"
 
@@ -32,6 +32,7 @@ def test_scan_folder_complete_and_incomplete(phantoms, tmp_path):
     ]
     assert first["label"].endswith("-seg.nii.gz")
     assert [os.path.basename(p) for p in first["raters"]] == [f"{CASE.format(0)}-seg-rater{k}.nii.gz" for k in (1, 2)]
+    assert first["brainmask"].endswith(f"{CASE.format(0)}-brainmask.nii.gz")  # optional, picked up when present
 
     # a case folder without t2f is still listed, under the name the file should have
     nested = tmp_path / "release" / "case-a"
@@ -43,7 +44,8 @@ def test_scan_folder_complete_and_incomplete(phantoms, tmp_path):
     items = scan_case_folders(tmp_path)  # one level deeper
     assert len(items) == 1 and items[0]["case_id"] == "case-a"
     assert items[0]["image"][3] == str(nested / "case-a-t2f.nii.gz") and not os.path.exists(items[0]["image"][3])
-    assert items[0]["label"] is None and items[0]["raters"] == []
+    assert items[0]["label"] is None and items[0]["raters"] == [] and "brainmask" not in items[0]
+    assert scan_case_folders(tmp_path / "release" / "case-a") == []  # no case folders below
 
 
 def test_datalist_json_and_folder(phantoms):
@@ -60,11 +62,46 @@ def test_datalist_json_and_folder(phantoms):
         f"{CASE.format(0)}-seg-rater{k}.nii.gz" for k in (1, 2)
     ]
     assert data.labelled_items("validation")[0]["label"].endswith(f"{CASE.format(1)}-seg.nii.gz")
+    brainmask = test[0]["brainmask"]  # relative in the JSON, absolute here
+    assert os.path.isabs(brainmask) and os.path.isfile(brainmask) and brainmask.endswith("-brainmask.nii.gz")
     assert os.path.realpath(phantoms) in data.input_folders()
 
     folder = BundleDatalist(str(phantoms), val_fraction=0.4)
     assert [len(folder.datalist[k]) for k in ("training", "validation", "test")] == [2, 1, 0]
     assert len(folder.items()) == 3  # "test" is empty: every case
+
+
+def test_folder_split_is_the_datalist_builders(tmp_path):
+    # 4 patients x 2 timepoints: the validation split is patient-wise and seeded, that of brats_datalist
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    for p in range(4):
+        for t in range(2):
+            case = f"BraTS-GLI-{p:05d}-{t:03d}"
+            (tmp_path / case).mkdir()
+            for m in ("t1n", "t1c", "t2w", "t2f", "seg"):
+                nib.save(img, str(tmp_path / case / f"{case}-{m}.nii.gz"))
+    for seed in (0, 1, 2):
+        data = BundleDatalist(str(tmp_path), val_fraction=0.5, split_seed=seed)
+        val = [it["case_id"] for it in data.datalist["validation"]]
+        expected = brats_datalist(tmp_path, val_fraction=0.5, seed=seed)["validation"]
+        assert val == [it["case_id"] for it in expected]
+        patients = {c[:-4] for c in val}
+        assert len(patients) == 2 and len(val) == 4  # both timepoints of each validation patient
+        assert not patients & {it["case_id"][:-4] for it in data.datalist["training"]}
+    assert BundleDatalist(str(tmp_path)).datalist["validation"] == []  # val_fraction 0: every case trains
+
+
+def test_lesions2d_folder(tmp_path):
+    write_ambiguous_lesions_2d(tmp_path, 3, (16, 16), num_annotators=2, seed=0)
+    os.remove(tmp_path / "datalist.json")  # the case folders alone
+    data = BundleDatalist(str(tmp_path), kind="lesions2d")
+    items = data.items("training")
+    assert [it["case_id"] for it in items] == [f"lesion-{k:05d}" for k in range(3)]
+    assert [os.path.basename(p) for p in items[0]["raters"]] == [
+        "lesion-00000-annot1.nii.gz",
+        "lesion-00000-annot2.nii.gz",
+    ]
+    assert items[0]["label"] is None and items[0]["image"][0].endswith("lesion-00000-image.nii.gz")
 
 
 def test_annotator_list_and_consensus_fallback(tmp_path):

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from monai_probseg.bundle import evaluate_case, majority_vote_labels, write_metrics
+from monai_probseg.bundle import evaluate_case, write_metrics
 
 LESION = {"lesion": (1,)}
 
@@ -63,10 +63,13 @@ def test_brats_regions_and_fallbacks():
         evaluate_case(label, prob, label[None, :5], label, None, num_classes=4)
 
 
-def test_majority_vote_ties_to_larger_label():
-    raters = torch.tensor([[0, 1, 2, 0], [1, 1, 2, 0], [0, 1, 1, 2]])
-    assert majority_vote_labels(raters, 3).tolist() == [0, 1, 2, 0]
-    assert majority_vote_labels(torch.tensor([[1, 0], [0, 0]]), 2).tolist() == [1, 0]  # 1 vs 1 -> lesion
+def test_consensus_from_raters_ties_to_larger_label():
+    # no label: the consensus is monai_probseg.utils.majority_vote of the raters; 1 vs 1 votes -> lesion
+    raters = torch.tensor([[[1, 1], [1, 1]], [[1, 0], [0, 0]]])
+    seg = torch.ones(2, 2, dtype=torch.long)
+    prob = torch.stack([1 - seg, seg]).float()
+    scores = evaluate_case(seg, prob, seg[None], None, raters, num_classes=2, regions={"lesion": (1,)})
+    assert scores["dice_lesion"] == 1.0  # the consensus is all lesion
 
 
 def test_write_metrics(tmp_path):

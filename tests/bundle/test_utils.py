@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -14,21 +15,40 @@ from monai_probseg.bundle import bundle_root, latest_checkpoint, load_weights
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_bundle_root_from_command_line_cwd_and_source_tree(tmp_path, monkeypatch):
-    other = tmp_path / "copy_of_bundle"
-    (other / "configs").mkdir(parents=True)
-    (other / "configs" / "metadata.json").write_text("{}")
-    argv = ["monai.bundle", "run", "--config_file", str(other / "configs" / "inference.json")]
-    assert bundle_root("brats_ssn", argv) == str(other)
-    both = f"['{other}/configs/train.json','{other}/configs/multi_gpu_train.json']"
-    assert bundle_root("brats_ssn", ["run", f"--config_file={both}"]) == str(other)
-    monkeypatch.chdir(tmp_path)
-    assert bundle_root("brats_ssn", []) == os.path.join(REPO, "bundles", "brats_ssn")
-    named = tmp_path / "brats_ssn"
-    (named / "configs").mkdir(parents=True)
-    (named / "configs" / "metadata.json").write_text("{}")
+def _make_bundle(folder):
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / "metadata.json").write_text("{}")
+    return folder
+
+
+def test_bundle_root_from_cwd_checkout_and_source_tree(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["monai.bundle", "run", "--config_file", "/elsewhere/configs/inference.json"])
+    monkeypatch.chdir(tmp_path)  # the command line is not read: the source tree's bundle
+    assert bundle_root("brats_ssn") == os.path.join(REPO, "bundles", "brats_ssn")
+    checkout = _make_bundle(tmp_path / "bundles" / "brats_ssn")  # cwd is the root of a checkout
+    assert bundle_root("brats_ssn") == str(checkout)
+    named = _make_bundle(tmp_path / "copy" / "brats_ssn")  # cwd is the bundle
     monkeypatch.chdir(named)
-    assert bundle_root("brats_ssn", []) == str(named)
+    assert bundle_root("brats_ssn") == str(named)
+
+
+def test_bundle_root_unknown_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert bundle_root("no_such_bundle") == str(tmp_path)
+    assert "cannot locate bundle 'no_such_bundle'" in caplog.text and "--bundle_root" in caplog.text
+
+
+def test_bundle_root_config_from_any_directory(tmp_path, monkeypatch):
+    # the expression of the shipped configs, evaluated by MONAI from an unrelated working directory
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", "brats_ssn", "configs", "inference.json"))
+    assert parser.get_parsed_content("bundle_root") == os.path.join(REPO, "bundles", "brats_ssn")
+    parser["bundle_root"] = str(tmp_path)  # what `monai.bundle run --bundle_root <folder>` does
+    assert parser.get_parsed_content("checkpoint") == os.path.join(str(tmp_path), "models", "model.pt")
 
 
 def test_latest_checkpoint(tmp_path):

@@ -14,10 +14,11 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from monai_probseg.metrics import CASE_OUTPUTS as OUTPUT_KEYS
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLES_DIR = os.path.join(REPO, "bundles")
 SCHEMA = os.path.join(REPO, os.pardir, "shared", "schemas", "bundle_meta_schema.json")
-OUTPUT_KEYS = ("seg", "prob", "samples", "entropy", "mutual_info", "variance")
 
 
 def config(bundle: str, name: str) -> str:

@@ -15,7 +15,10 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImaged
 
 from monai_probseg.data import (
+    NoCaseFoldersError,
     brats_datalist,
+    case_folder_datalist,
+    find_nifti,
     lidc_datalist,
     multi_annotator_datalist,
     qubiq_datalist,
@@ -126,6 +129,48 @@ def test_brats_require_label_and_rater_gap(tmp_path):
     _brats_case(tmp_path, "BraTS-GLI-00006-000", raters=3, skip=("seg-rater2",))
     with pytest.raises(FileNotFoundError, match=r"BraTS-GLI-00006-000.*BraTS-GLI-00006-000-seg-rater2\.nii\.gz"):
         brats_datalist(tmp_path)
+
+
+def test_brats_allow_missing_lists_expected_names_and_brainmask(tmp_path):
+    case = _brats_case(tmp_path, "BraTS-GLI-00009-000", raters=3, skip=("t1c", "seg-rater2"))
+    _nifti(case / "BraTS-GLI-00009-000-brainmask.nii.gz", dtype=np.uint8)
+    _brats_case(tmp_path, "BraTS-GLI-00010-000")
+    item, other = brats_datalist(tmp_path, allow_missing=True)["training"]
+    case = case.resolve()
+    assert item["image"][1] == str(case / "BraTS-GLI-00009-000-t1c.nii.gz") and not os.path.exists(item["image"][1])
+    assert item["raters"][1] == str(case / "BraTS-GLI-00009-000-seg-rater2.nii.gz")  # the gap, by its name
+    assert item["brainmask"] == str(case / "BraTS-GLI-00009-000-brainmask.nii.gz")
+    assert "brainmask" not in other  # optional
+    with pytest.raises(FileNotFoundError, match=r"missing t1c file 'BraTS-GLI-00009-000-t1c\.nii\.gz'"):
+        brats_datalist(tmp_path)
+
+
+def test_case_folder_datalist_layout_split_and_no_cases(tmp_path):
+    for k in range(4):
+        case = f"lesion-{k:05d}"
+        _nifti(tmp_path / "cases" / case / f"{case}-image.nii.gz", (8, 8))
+        for a in range(1, 3 if k < 3 else 1):  # the last case has no annotations: "test"
+            _nifti(tmp_path / "cases" / case / f"{case}-annot{a}.nii.gz", (8, 8), dtype=np.uint8)
+    datalist = case_folder_datalist(tmp_path, label=None, rater="annot", val_fraction=0.34, seed=1)
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [2, 1, 1]
+    item = datalist["test"][0]
+    assert item == {
+        "case_id": "lesion-00003",
+        "image": [str(tmp_path.resolve() / "cases" / "lesion-00003" / "lesion-00003-image.nii.gz")],
+    }
+    assert [os.path.basename(p) for p in datalist["validation"][0]["raters"]] == [
+        f"{datalist['validation'][0]['case_id']}-annot{a}.nii.gz" for a in (1, 2)
+    ]
+    # the split of every builder: the same seed and fraction give the same cases
+    again = case_folder_datalist(tmp_path, label=None, rater="annot", val_fraction=0.34, seed=1)
+    assert again["validation"] == datalist["validation"]
+    assert find_nifti(tmp_path / "cases" / "lesion-00000", "lesion-00000-image").name == "lesion-00000-image.nii.gz"
+    assert find_nifti(tmp_path, "nothing") is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoCaseFoldersError, match=r"no case folders found under .*<case>/<case>-image\.nii\.gz"):
+        case_folder_datalist(tmp_path / "empty", label=None, rater="annot")
+    with pytest.raises(NoCaseFoldersError, match="no BraTS case folders"):
+        brats_datalist(tmp_path / "empty")
 
 
 def test_brats_check_headers(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import DiffusionPrepareBatch as MonaiDiffusionPrepareBatch
 
 from monai_probseg.engines import DiffusionPrepareBatch, ProbSegTrainer
-from monai_probseg.losses import DiffusionLoss
 from monai_probseg.networks.nets import DiffusionSegmentation
 
 TINY = {"channels": (8, 8, 8), "attention_levels": (False, False, False), "norm_num_groups": 8}
@@ -69,7 +69,7 @@ def _fixed_eval_loss(net, data, seed=123):
     """Denoising loss on fixed draws of (t, eps), so that training progress is measured without sampling noise."""
     image, target, _, kwargs = DiffusionPrepareBatch(net, generator=seed)(data)
     with torch.no_grad():
-        return float(DiffusionLoss()(net(image, **kwargs), target))
+        return float(torch.nn.MSELoss()(net(image, **kwargs), target))
 
 
 @pytest.mark.parametrize("trainer_cls", ["probseg", "supervised"])
@@ -85,7 +85,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trainer_cls):
         "train_data_loader": [data],
         "network": net,
         "optimizer": torch.optim.Adam(net.parameters(), lr=3e-3),
-        "loss_function": DiffusionLoss(),
+        "loss_function": torch.nn.MSELoss(),
         "prepare_batch": DiffusionPrepareBatch(net, generator=0),
     }
     if trainer_cls == "probseg":
@@ -109,22 +109,29 @@ def test_probseg_trainer_with_label_to_network_explains_the_fix():
         train_data_loader=[_batch()],
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
-        loss_function=DiffusionLoss(),
+        loss_function=torch.nn.MSELoss(),
         prepare_batch=DiffusionPrepareBatch(net),
     )
     with pytest.raises(TypeError, match="label_to_network=False"):
         trainer.run()
 
 
-def test_diffusion_loss_values_and_errors():
-    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0]]).view(2, 1, 2, 1)
-    target = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).view(2, 1, 2, 1)
-    # per item: (1 + 4) / 2 = 2.5 and (1 + 1) / 2 = 1
-    torch.testing.assert_close(DiffusionLoss(reduction="none")(pred, target), torch.tensor([2.5, 1.0]))
-    torch.testing.assert_close(DiffusionLoss()(pred, target), torch.tensor(1.75))
-    torch.testing.assert_close(DiffusionLoss(reduction="sum")(pred, target), torch.tensor(3.5))
-    with pytest.raises(ValueError, match="same shape"):
-        DiffusionLoss()(pred, target[:1])
+def test_prepare_batch_is_monai_diffusion_prepare_batch_with_its_hooks():
+    net = _net(prediction_type="v_prediction")
+    prepare = DiffusionPrepareBatch(net, generator=0)
+    assert isinstance(prepare, MonaiDiffusionPrepareBatch) and prepare.num_train_timesteps == 1000
+    x0 = net.encode_label(_batch()["label"])
+    # the hooks draw from the one seeded generator: timesteps, then noise, as in __call__
+    g = torch.Generator().manual_seed(0)
+    t = prepare.get_timesteps(x0)
+    noise = prepare.get_noise(x0)
+    assert t.tolist() == torch.randint(0, 1000, (2,), generator=g).tolist()
+    torch.testing.assert_close(noise, torch.randn(x0.shape, generator=g), atol=0, rtol=0)
+    velocity = net.scheduler.get_velocity(sample=x0, noise=noise, timesteps=t)
+    torch.testing.assert_close(prepare.get_target(x0, noise, t), velocity, atol=0, rtol=0)
+
+
+def test_prepare_batch_errors():
     with pytest.raises(ValueError, match="class-index"):
         DiffusionPrepareBatch(_net())({"image": torch.zeros(1, 1, 16, 16), "label": torch.zeros(1, 1, 8, 8)})
     with pytest.raises(TypeError, match="DiffusionSegmentation"):

@@ -6,11 +6,12 @@ from monai.data import Dataset as MonaiDataset
 from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler
 from torch.utils.data import DataLoader, Dataset
 
-from monai_probseg.data.toy import classify_two_mode, two_mode_masks, two_mode_toy
 from monai_probseg.engines import ProbSegTrainer
 from monai_probseg.losses import ELBOLoss
 from monai_probseg.networks.nets import ProbabilisticUNet
 from monai_probseg.transforms import RandAnnotatord
+
+from ..toy import classify_two_mode, two_mode_masks, two_mode_toy
 
 SIZE = (16, 16)
 

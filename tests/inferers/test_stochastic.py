@@ -9,9 +9,10 @@ from torch import nn
 
 from monai_probseg.inferers import DeepEnsemble, FlipTTA, StochasticSlidingWindowInferer, mc_dropout
 from monai_probseg.metrics import uncertainty_maps
+from monai_probseg.networks import DistributionModel, IterativeSampler
 
 
-class ToyDistribution(nn.Module):
+class UnmaskedToy(DistributionModel):
     """A distribution model (contract of docs/design.rst): logits = mean(x) + scale * eps, eps global per sample."""
 
     in_channels = 1
@@ -36,26 +37,21 @@ class ToyDistribution(nn.Module):
         eps = eps.view(b, num_samples, c, *([1] * (mean.ndim - 2)))
         return mean.unsqueeze(1) + scale.unsqueeze(1) * eps
 
+    def forward(self, x):
+        return self.conv(x)
+
+
+class ToyWithMean(UnmaskedToy):
     def mean_logits(self, maps):
         return maps["mean"]
 
+
+class MaskedToy(ToyWithMean):
     def sampling_mask(self, maps):
         # sample only on the left half
         mask = torch.zeros_like(maps["mean"][:, :1], dtype=torch.bool)
         mask[..., : mask.shape[-1] // 2] = True
         return mask
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class MaskedToy(ToyDistribution):
-    pass
-
-
-class UnmaskedToy(ToyDistribution):
-    sampling_mask = None  # no hook: every voxel sampled
-    mean_logits = None
 
 
 @pytest.fixture
@@ -185,7 +181,7 @@ def test_flip_tta_members_are_flips():
     torch.testing.assert_close(out["prob"], ref.mean(1), atol=1e-5, rtol=0)
 
 
-class ToyIterative(nn.Module):
+class ToyIterative(IterativeSampler):
     """An iterative sampler: two 'denoising' steps, each a blended sliding-window pass over the whole tensor."""
 
     in_channels = 1
@@ -195,14 +191,18 @@ class ToyIterative(nn.Module):
         self.conv = nn.Conv2d(3, 2, 3, padding=1)
         self.steps = 0
 
-    def sample_windowed(self, inputs, num_samples, window_fn, generator=None):
+    def forward(self, x):
+        return self.sample(self.distribution(x), 1, torch.Generator().manual_seed(0))[:, 0]
+
+    def sample(self, maps, num_samples, generator=None, window_fn=None):
+        inputs = maps["image"]
         b = inputs.shape[0]
         state = torch.randn(b * num_samples, 2, *inputs.shape[2:], generator=generator)
         image = inputs.repeat_interleave(num_samples, 0)
         for _ in range(2):
             self.steps += 1
             state = window_fn(torch.cat([image, state], 1), self.conv)
-        return torch.softmax(state, 1).view(b, num_samples, 2, *inputs.shape[2:])
+        return state.view(b, num_samples, 2, *inputs.shape[2:])
 
 
 def test_iterative_sampler_extension_point():
@@ -265,8 +265,7 @@ def test_works_as_supervised_evaluator_inferer():
 
 def test_sample_roi_nonzero():
     torch.manual_seed(0)
-    net = UnmaskedToy(2)
-    net.mean_logits = lambda maps: maps["mean"]
+    net = ToyWithMean(2)
     x = torch.randn(1, 1, 16, 16)
     x[..., :, 10:] = 0  # "air" on the right
     with torch.no_grad():
@@ -281,7 +280,7 @@ def test_sample_roi_nonzero():
     with torch.no_grad():
         none = custom(x, net)
     assert float(none["variance"].abs().max()) == 0.0  # empty region: nothing sampled
-    with pytest.raises(TypeError, match="mean_logits"):
+    with pytest.raises(NotImplementedError, match="mean_logits"):
         StochasticSlidingWindowInferer((8, 8), num_samples=2, sample_roi="nonzero")(x, UnmaskedToy(2))
     with pytest.raises(ValueError, match="sample_roi"):
         StochasticSlidingWindowInferer((8, 8), sample_roi="brain")

@@ -8,23 +8,42 @@ import math
 import pytest
 import torch
 from monai.metrics import compute_dice
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
-from monai_probseg.metrics import BraTSRegionMetrics, brats_regions, compute_brats_region_metrics
+from monai_probseg.metrics import (
+    BRATS_REGION_NAMES,
+    BRATS_REGIONS,
+    BraTSRegionMetrics,
+    brats_regions,
+    compute_brats_region_metrics,
+    region_masks,
+)
 
 
 def test_brats_regions_conventions():
+    assert BRATS_REGIONS == {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)} and BRATS_REGION_NAMES == ("TC", "WT", "ET")
     labels = torch.tensor([0, 1, 2, 3, 4]).reshape(1, 1, 5, 1)
     regions = brats_regions(labels)
     assert regions.shape == (1, 3, 5, 1)
-    expected = torch.tensor([[0, 1, 1, 1, 0], [0, 1, 0, 1, 0], [0, 0, 0, 1, 0]]).float()
+    expected = torch.tensor([[0, 1, 0, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0]]).float()  # TC, WT, ET
     torch.testing.assert_close(regions[0, :, :, 0], expected)
     old = brats_regions(labels, convention="2020", dtype=torch.bool)
-    expected_old = torch.tensor([[0, 1, 1, 0, 1], [0, 1, 0, 0, 1], [0, 0, 0, 0, 1]]).bool()
+    expected_old = torch.tensor([[0, 1, 0, 0, 1], [0, 1, 1, 0, 1], [0, 0, 0, 0, 1]]).bool()
     assert torch.equal(old[0, :, :, 0], expected_old)
+    torch.testing.assert_close(region_masks(labels, BRATS_REGIONS), regions)
     with pytest.raises(ValueError, match=r"\(B, 1, \*spatial\)"):
         brats_regions(torch.zeros(1, 2, 4, 4))
     with pytest.raises(ValueError, match="convention"):
         brats_regions(labels, convention="2019")
+
+
+@pytest.mark.parametrize("convention, et_label", [("2023", 3), ("2020", 4)])
+def test_brats_regions_match_monai(convention, et_label):
+    # the channel order and content of MONAI's ConvertToMultiChannelBasedOnBratsClasses
+    labels = torch.randint(0, 5, (2, 1, 6, 5, 4))
+    ours = brats_regions(labels, convention, dtype=torch.bool)
+    monai = torch.stack([torch.as_tensor(ConvertToMultiChannelBasedOnBratsClasses(et_label)(lab)) for lab in labels])
+    assert torch.equal(ours, monai.bool())
 
 
 def _phantom(shape=(12, 12, 10)) -> torch.Tensor:
@@ -57,9 +76,10 @@ def test_hd95_uses_spacing():
     pred[..., 2:10, 10, 2:8] = 2  # whole tumour grows by one voxel along the second axis
     hd1 = compute_brats_region_metrics(pred, target, hd_percentile=None)["hd"]
     hd2 = compute_brats_region_metrics(pred, target, hd_percentile=None, spacing=(2.0, 2.0, 2.0))["hd"]
-    assert hd1[0, 0].item() == pytest.approx(1.0)
+    wt = BRATS_REGION_NAMES.index("WT")
+    assert hd1[0, wt].item() == pytest.approx(1.0)
     torch.testing.assert_close(hd2, 2 * hd1)
-    torch.testing.assert_close(hd1[0, 1:], torch.zeros(2))
+    torch.testing.assert_close(hd1[0, [i for i in range(3) if i != wt]], torch.zeros(2))
 
 
 def test_empty_region_policies():

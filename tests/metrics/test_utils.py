@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from monai_probseg.metrics.utils import as_label_maps, nan_mean, pairwise_distance, pairwise_iou
+from monai_probseg.metrics.utils import as_label_maps, pairwise_distance, pairwise_iou
 
 
 def test_pairwise_iou_hand_values():
@@ -47,9 +47,3 @@ def test_as_label_maps():
     torch.testing.assert_close(as_label_maps(scores.argmax(2).float(), "x", spatial_ndim=2), scores.argmax(2))
     with pytest.raises(ValueError, match="spatial dims"):
         as_label_maps(torch.zeros(2, 3, 4), "x")
-
-
-def test_nan_mean():
-    x = torch.tensor([[1.0, float("nan"), 3.0], [float("nan")] * 3])
-    out = nan_mean(x, dim=1)
-    assert out[0].item() == 2.0 and math.isnan(out[1].item())

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_probseg.utils import as_tuple, check_finite, check_positive_int, check_spatial_dims, make_generator
+from monai_probseg.utils import check_finite, check_positive_int, check_spatial_dims, make_generator
 
 
 def test_make_generator_seed_and_passthrough():
@@ -27,6 +27,3 @@ def test_checks():
     assert check_positive_int(2, "n") == 2
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1, got 0"):
         check_positive_int(0, "num_samples")
-    assert as_tuple(3, 2, "roi") == (3, 3)
-    with pytest.raises(ValueError, match="roi must have 3 entries"):
-        as_tuple((1, 2), 3, "roi")

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from monai_probseg.utils import atomic_write, write_json_atomic
 
 __all__ = [
     "MIN_SIZE",
@@ -114,19 +115,6 @@ def split_cases(num_cases: int, split: Sequence[float] = (0.6, 0.2, 0.2)) -> tup
     return num_cases - n_val - n_test, n_val, n_test
 
 
-def _atomic(path: str, write) -> str:
-    """Call ``write(tmp_path)`` on a temporary name in ``path``'s folder, then rename it to ``path``."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> str:
     """Write ``array`` as NIfTI-1 with ``affine`` (qform and sform, scanner/RAS, mm) atomically."""
     import nibabel as nib
@@ -135,18 +123,12 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> str:
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    return _atomic(path, lambda tmp: nib.save(img, tmp))
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def save_json(obj: Any, path: str) -> str:
-    """Write ``obj`` as indented JSON atomically."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    return _atomic(path, write)
+    """Write ``obj`` as indented JSON atomically (:func:`monai_probseg.utils.write_json_atomic`)."""
+    return write_json_atomic(obj, path)
 
 
 def save_npz(path: str, **arrays: Any) -> str:
@@ -156,4 +138,4 @@ def save_npz(path: str, **arrays: Any) -> str:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)

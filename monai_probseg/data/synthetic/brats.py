@@ -39,7 +39,7 @@ from monai_probseg.data.synthetic._common import (
     smooth_field,
     split_cases,
 )
-from monai_probseg.utils import check_positive_int
+from monai_probseg.utils import check_positive_int, majority_vote
 
 __all__ = ["MODALITIES", "BRATS_LABELS", "brats_phantom", "majority_vote", "write_brats_phantoms"]
 
@@ -60,36 +60,6 @@ _TISSUE = {
     "necrosis": (0.32, 0.35, 1.40, 0.55),
     "nonenhancing": (0.55, 0.58, 1.25, 1.15),
 }
-
-
-def majority_vote(raters: np.ndarray, tie_break: np.ndarray | None = None, num_labels: int | None = None) -> np.ndarray:
-    """Per-voxel majority vote of ``R`` label maps.
-
-    Args:
-        raters: ``(R, *spatial)`` integer label maps.
-        tie_break: optional ``(*spatial)`` label map whose label wins a tie when it is among the tied labels;
-            otherwise (and without it) a tie goes to the smallest tied label.
-        num_labels: number of labels (default ``raters.max() + 1``).
-
-    Returns:
-        ``(*spatial)`` label map with the dtype of ``raters``.
-
-    Example::
-
-        majority_vote(np.array([[0, 1, 2], [0, 1, 1], [2, 2, 1]]))  # array([0, 1, 1])
-    """
-    raters = np.asarray(raters)
-    if raters.ndim < 2:
-        raise ValueError(f"raters must be (R, *spatial), got shape {raters.shape}.")
-    n = int(raters.max()) + 1 if num_labels is None else int(num_labels)
-    counts = np.stack([(raters == lab).sum(0, dtype=np.int16) for lab in range(n)])
-    seg = counts.argmax(0)
-    if tie_break is not None:
-        winners = counts == counts.max(0, keepdims=True)
-        tb = np.asarray(tie_break).astype(np.int64)
-        tb_wins = np.take_along_axis(winners, np.clip(tb, 0, n - 1)[None], 0)[0] & (tb < n)
-        seg = np.where(tb_wins & (winners.sum(0) > 1), tb, seg)
-    return seg.astype(raters.dtype)
 
 
 def _ellipsoid_distance(grids: Sequence[np.ndarray], center: Sequence[float], axes: Sequence[float]) -> np.ndarray:
@@ -387,14 +357,15 @@ def write_brats_phantoms(
     """Write ``num_cases`` phantoms in the BraTS 2023 layout plus a MONAI decathlon-style ``datalist.json``.
 
     Files per case ``BraTS-PHANTOM-<iiiii>-000`` (in its own folder): ``<case>-t1n.nii.gz``, ``-t1c``,
-    ``-t2w``, ``-t2f`` (float32, skull-stripped: exactly 0 outside the brain), ``<case>-brainmask.nii.gz`` (uint8,
-    the brain mask of the skull stripping), ``<case>-seg.nii.gz`` (uint8 consensus) and
-    ``<case>-seg-rater<k>.nii.gz`` for k = 1..R (uint8), all with the same 1 mm RAS affine. Files are written under a temporary name and
-    renamed, so an interrupted run never leaves a truncated file. Case ``i`` depends only on ``(seed, i)``.
+    ``-t2w``, ``-t2f`` (float32, skull-stripped: exactly 0 outside the brain), ``<case>-brainmask.nii.gz``
+    (uint8, the brain mask of the skull stripping), ``<case>-seg.nii.gz`` (uint8 consensus) and
+    ``<case>-seg-rater<k>.nii.gz`` for k = 1..R (uint8), all with the same 1 mm RAS affine. Files are written
+    under a temporary name and renamed, so an interrupted run never leaves a truncated file. Case ``i`` depends only on ``(seed, i)``.
 
     The datalist has ``"training"``, ``"validation"`` and ``"test"`` lists of
-    ``{"image": [t1n, t1c, t2w, t2f], "label": seg, "raters": [...], "brainmask": mask, "case_id": ...}`` with paths relative to
-    the datalist's folder, as ``monai.data.load_decathlon_datalist(path, data_list_key="training")`` expects.
+    ``{"image": [t1n, t1c, t2w, t2f], "label": seg, "raters": [...], "brainmask": mask, "case_id": ...}`` with
+    paths relative to the datalist's folder, as
+    ``monai.data.load_decathlon_datalist(path, data_list_key="training")`` expects.
 
     Args:
         out_dir: output folder, created if missing.
@@ -451,7 +422,7 @@ def write_brats_phantoms(
         )
     datalist = {
         "name": "BraTS-PHANTOM",
-        "description": f"synthetic skull-stripped BraTS 2023-style brain-tumour phantoms, {num_raters} raters, seed {seed}",
+        "description": f"synthetic skull-stripped BraTS 2023-style phantoms, {num_raters} raters, seed {seed}",
         "reference": "monai_probseg.data.synthetic.write_brats_phantoms",
         "tensorImageSize": "4D",
         "spatial_size": list(size),

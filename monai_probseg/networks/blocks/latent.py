@@ -193,9 +193,15 @@ class GaussianLatentEncoder(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(mean, log_sigma)``, each ``(B, latent_dim)``."""
+        """Return ``(mean, log_sigma)``, each ``(B, latent_dim)``.
+
+        Args:
+            x: image (and label) ``(B, in_channels, *spatial)``.
+        """
         feats = self.encoder(x)[-1]
-        pooled = feats.mean(dim=tuple(range(2, feats.dim())), keepdim=True)
+        pooled = feats.flatten(2).mean(2, keepdim=True)  # global average pooling, (B, F, 1)
+        for _ in range(feats.dim() - 3):
+            pooled = pooled.unsqueeze(-1)  # (B, F, 1, 1[, 1]) for the 1x1 head
         out = self.head(pooled).flatten(1)
         mean, log_sigma = out[:, : self.latent_dim], out[:, self.latent_dim :]
         if self.max_abs_mean is not None:
@@ -331,5 +337,31 @@ class LatentCombiner(nn.Module):
         return out.view(b, n, v, self.out_channels).transpose(2, 3).reshape(b, n, self.out_channels, *spatial)
 
     def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, out_channels, *spatial)`` from ``features`` ``(B, F, *spatial)`` and ``z`` ``(B, D)``."""
-        return self.combine(self.project_features(features), z.unsqueeze(1)).squeeze(1)
+        """Logits ``(B, out_channels, *spatial)`` for one latent sample per item: ``head(W_f f + b + W_z z)``.
+
+        The 1x1 convolutions in their plain form (TorchScript-compatible); :py:meth:`combine` is the fast form for
+        many samples and gives the same values.
+
+        Args:
+            features: decoder features ``(B, F, *spatial)``.
+            z: a latent vector per item ``(B, D)`` (tiled over space), or a latent map ``(B, D, *spatial)``.
+        """
+        if not torch.jit.is_scripting():
+            self._check_forward_inputs(features, z)
+        if z.dim() == 2:
+            z = z.view([z.shape[0], z.shape[1]] + [1] * self.spatial_dims)  # broadcast over space
+        return self.head(self.feature_proj(features) + self.latent_proj(z))
+
+    def _check_forward_inputs(self, features: torch.Tensor, z: torch.Tensor) -> None:
+        if features.dim() != self.spatial_dims + 2 or features.shape[1] != self.feature_channels:
+            raise ValueError(
+                f"features must have shape (B, {self.feature_channels}, *spatial) with {self.spatial_dims} spatial "
+                f"dims, got {tuple(features.shape)}."
+            )
+        b, spatial = features.shape[0], tuple(features.shape[2:])
+        global_z = z.dim() == 2 and tuple(z.shape) == (b, self.latent_dim)
+        if not global_z and tuple(z.shape) != (b, self.latent_dim, *spatial):
+            raise ValueError(
+                f"z must have shape (B={b}, D={self.latent_dim}) or (B={b}, D={self.latent_dim}, *{spatial}), "
+                f"got {tuple(z.shape)}."
+            )

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from monai_probseg.networks.contract import IterativeSampler, WindowFn, whole_image
 from monai_probseg.utils import check_positive_int, check_spatial_dims, make_generator
 
 __all__ = ["DiffusionSegmentation"]
@@ -34,7 +35,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 _LOG_EPS = 1e-6
 
 
-class DiffusionSegmentation(nn.Module):
+class DiffusionSegmentation(IterativeSampler):
     """Denoising diffusion model of the segmentation given the image: sampling it gives an implicit ensemble.
 
     Wolleb et al. (2022) Diffusion Models for Implicit Image Segmentation Ensembles. MIDL 2022.
@@ -57,7 +58,7 @@ class DiffusionSegmentation(nn.Module):
     gives the one-hot probabilities) and monotone in every channel; unlike a softmax it needs no temperature.
 
     Sampling (:py:meth:`sample`) folds the ``N`` ensemble members into the batch, so each denoising step is ONE
-    UNet call on ``B * N`` items. Samplers:
+    UNet call on ``B * N`` items (one blended sliding-window pass with a ``window_fn``). Samplers:
 
     - ``"ddpm"``: the ancestral sampler of Ho et al. (2020) with MONAI's ``DDPMScheduler`` over all
       ``num_train_timesteps`` steps (that scheduler's step assumes consecutive timesteps, so fewer steps are
@@ -72,21 +73,27 @@ class DiffusionSegmentation(nn.Module):
     the same seed gives the same samples on the same device. A generator on another device than the inputs (for
     instance a CPU generator for CUDA inputs) seeds a generator on the inputs' device from one draw of its own.
 
-    Whole volumes (:py:meth:`sample_windowed`): the noise is drawn once for the whole volume and every denoising
+    Whole volumes (``sample(..., window_fn=...)``): the noise is drawn once for the whole volume and every denoising
     step runs the UNet through sliding windows whose outputs are blended, then the scheduler step runs on the whole
     volume. Sample ``n`` is therefore one coherent reverse process over the volume (no seams), at the cost of the
-    window passes at every step. :py:class:`monai_probseg.inferers.StochasticSlidingWindowInferer` calls it.
+    window passes at every step. :py:class:`monai_probseg.inferers.StochasticSlidingWindowInferer` passes its
+    window function.
 
-    Model contract (see docs/design.rst):
+    Model contract (an :py:class:`~monai_probseg.networks.IterativeSampler`, see docs/design.rst):
 
     - eval ``forward(x)`` returns segmentation logits ``(B, C, *spatial)``: ``log`` of the probabilities of ONE
       deterministic DDIM sample (``eta = 0``, ``forward_steps`` steps, initial noise from ``forward_seed``), so
       MONAI's ``SimpleInferer``/``SlidingWindowInferer`` and ``verify_net_in_out`` work. Cost: ``forward_steps``
-      UNet passes per call (a fixed seed, not the ensemble mean: use :py:meth:`sample` for that);
+      UNet passes per call (a fixed seed, not the ensemble mean: use :py:meth:`sample` for that). MONAI's
+      ``DiffusionModelUNet`` cannot be scripted, so TorchScript export traces it (``ckpt_export --use_trace True
+      --input_shape ...``); the initial noise is then a constant of the trace, which takes inputs of that one shape;
     - training ``forward(x, noisy_seg=x_t, timesteps=t)`` returns the UNet's prediction of ``epsilon`` (or ``v``);
       :py:class:`monai_probseg.engines.DiffusionPrepareBatch` builds ``x_t`` and ``t`` from the label and the loss
-      is the mean squared error to the target (:py:class:`monai_probseg.losses.DiffusionLoss`);
-    - ``sample(images, num_samples, generator)`` returns ``(B, N, C, *spatial)`` probabilities.
+      is the mean squared error to the target (``torch.nn.MSELoss``);
+    - ``distribution(x)`` returns the condition ``{"image": x}`` (the whole volume);
+    - ``sample(maps, num_samples, generator, window_fn=None)`` returns ``(B, N, C, *spatial)`` logits, the ``log``
+      of the probabilities of the ``N`` final samples (clamped at 1e-6, so ``softmax`` gives them back), with the
+      UNet run through ``window_fn`` at every step.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -109,7 +116,7 @@ class DiffusionSegmentation(nn.Module):
         sampler: default sampler, ``"ddim"`` or ``"ddpm"``.
         eta: default DDIM ``eta`` (0: deterministic given the initial noise). With 20 steps and v-prediction on the
             2D benchmark set, ``eta = 1`` matched DDPM with 1000 steps within 1 Dice point while ``eta = 0`` was 8-9
-            points below (``benchmarks/results/diffusion_cpu_eta12_mean1.md``): prefer ``eta = 1`` for few steps.
+            points below (``benchmarks/results/diffusion.md``): prefer ``eta = 1`` for few steps.
         forward_steps: number of DDIM steps of the eval :py:meth:`forward` (``num_inference_steps`` if ``None``).
         forward_seed: seed of the initial noise of the eval :py:meth:`forward`.
         schedule_args: extra arguments of the schedule function, e.g. ``{"beta_start": 1e-4, "beta_end": 0.02}``.
@@ -117,8 +124,9 @@ class DiffusionSegmentation(nn.Module):
     Example::
 
         net = DiffusionSegmentation(2, image_channels=1, num_classes=2, num_inference_steps=20)
-        probs = net.sample(torch.randn(2, 1, 64, 64), num_samples=5, generator=0)  # (2, 5, 2, 64, 64)
-        mean_prob = probs.mean(1)
+        maps = net.distribution(torch.randn(2, 1, 64, 64))
+        logits = net.sample(maps, num_samples=5, generator=0)  # (2, 5, 2, 64, 64)
+        mean_prob = logits.softmax(2).mean(1)
     """
 
     def __init__(
@@ -234,7 +242,7 @@ class DiffusionSegmentation(nn.Module):
             raise ValueError(
                 f"the spatial size of {name} must be divisible by {self.size_divisor} (the UNet has "
                 f"{len(self.channels)} levels), got {tuple(spatial)}; pad it (monai.transforms.DivisiblePad) or use "
-                "sliding windows (sample_windowed)."
+                "sliding windows (sample(..., window_fn=...))."
             )
 
     # ---------------------------------------------------------------- encoding
@@ -344,15 +352,15 @@ class DiffusionSegmentation(nn.Module):
             raise ValueError("noisy_seg and timesteps must be given together (training) or both left out (inference).")
         if noisy_seg is not None:
             return self.denoise(x, noisy_seg, timesteps)  # type: ignore[arg-type]
-        probs = self.sample(
-            x,
+        logits = self.sample(
+            self.distribution(x),
             num_samples=1,
             generator=make_generator(self.forward_seed, x.device),
             num_inference_steps=self.forward_steps,
             sampler="ddim",
             eta=0.0,
         )
-        return torch.log(probs[:, 0].clamp_min(_LOG_EPS))
+        return logits[:, 0]
 
     # ---------------------------------------------------------------- sampling
     def inference_timesteps(self, sampler: str | None = None, num_inference_steps: int | None = None) -> list[int]:
@@ -427,6 +435,10 @@ class DiffusionSegmentation(nn.Module):
         x = torch.randn(
             (batch * num_samples, self.seg_channels, *spatial), generator=gen, device=device, dtype=images.dtype
         )
+        if torch.jit.is_tracing():
+            # torch.jit.trace records randn with the generator as a constant whose state moves on at every call of
+            # the traced module, which would then draw new noise each time; make this draw a constant of the trace
+            x = torch.from_numpy(x.cpu().numpy()).to(device)
         for t in timesteps:
             model_output = denoise_fn(torch.cat([cond, x], dim=1), t)
             if sampler == "ddim":
@@ -470,84 +482,51 @@ class DiffusionSegmentation(nn.Module):
 
         return _patch_fn
 
+    def distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The condition of the reverse process: ``{"image": x}`` (the whole volume; the distribution is implicit).
+
+        Args:
+            x: images ``(B, image_channels, *spatial)``.
+        """
+        self._check_images(x)
+        return {"image": x}
+
     @torch.no_grad()
     def sample(
         self,
-        images: torch.Tensor,
+        maps: dict[str, torch.Tensor],
         num_samples: int,
         generator: int | torch.Generator | None = None,
+        window_fn: WindowFn | None = None,
         num_inference_steps: int | None = None,
         sampler: str | None = None,
-        return_probs: bool = True,
         eta: float | None = None,
     ) -> torch.Tensor:
         """Draw ``num_samples`` segmentations of every image: the implicit ensemble of Wolleb et al. (2022).
 
-        The ``N`` members are one batch of ``B * N`` items, so each denoising step is one UNet call: ``k`` calls in
-        all for ``k`` DDIM steps (``num_train_timesteps`` for DDPM).
+        The ``N`` members are one batch of ``B * N`` items, so each denoising step is one UNet call (one blended
+        sliding-window pass with ``window_fn``): ``k`` calls in all for ``k`` DDIM steps (``num_train_timesteps``
+        for DDPM). The initial noise ``(B * N, seg_channels, *spatial)`` is drawn once for the whole volume; at every
+        step ``window_fn(concat(image_rep, x_t), patch_fn)`` runs the UNet (``patch_fn``) over windows and blends
+        them, then the scheduler step (and its noise) runs on the whole volume, so every sample is one coherent
+        reverse process. With a window covering the whole image (and the same generator) the result equals the
+        direct one (``window_fn=None``) up to the rounding of the window blending.
 
         Args:
-            images: ``(B, image_channels, *spatial)``, spatial size divisible by ``2 ** (len(channels) - 1)``.
+            maps: ``{"image": images}`` from :py:meth:`distribution`, images ``(B, image_channels, *spatial)``;
+                without ``window_fn`` the spatial size must be divisible by ``2 ** (len(channels) - 1)``.
             num_samples: number of ensemble members ``N``.
             generator: seed or ``torch.Generator`` for the initial noise and every step's noise.
-            num_inference_steps: DDIM steps ``k`` (the network's default if ``None``).
-            sampler: ``"ddim"`` or ``"ddpm"`` (the network's default if ``None``).
-            return_probs: return probabilities (``True``) or logits, their ``log`` (clamped at 1e-6).
-            eta: DDIM ``eta`` (the network's default if ``None``).
-
-        Returns:
-            ``(B, N, num_classes, *spatial)`` probabilities (or logits).
-
-        Example::
-
-            probs = net.sample(img, num_samples=5, generator=0, num_inference_steps=20)
-        """
-        self._check_images(images)
-        self._check_divisible(images.shape[2:], "images")
-        x0 = self._reverse_process(
-            images,
-            num_samples,
-            lambda inputs, t: self._unet_at(t)(inputs),
-            generator,
-            num_inference_steps,
-            sampler,
-            eta,
-        )
-        probs = self.to_probabilities(x0)
-        return probs if return_probs else torch.log(probs.clamp_min(_LOG_EPS))
-
-    @torch.no_grad()
-    def sample_windowed(
-        self,
-        inputs: torch.Tensor,
-        num_samples: int,
-        window_fn: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
-        generator: int | torch.Generator | None = None,
-        num_inference_steps: int | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-    ) -> torch.Tensor:
-        """Sample whole volumes: the UNet runs through blended windows at every step, the noise is global.
-
-        The initial noise ``(B * N, seg_channels, *spatial)`` is drawn once for the whole volume; at every step
-        ``window_fn(concat(image_rep, x_t), patch_fn)`` runs the UNet (``patch_fn``) over windows and blends them,
-        then the scheduler step (and its noise) runs on the whole volume. This is the extension point of
-        :py:class:`monai_probseg.inferers.StochasticSlidingWindowInferer`. With a window covering the whole image
-        (and the same generator) the result equals :py:meth:`sample` up to the rounding of the window blending.
-
-        Args:
-            inputs: images ``(B, image_channels, *spatial)``, any spatial size the windows can cover.
-            num_samples: number of ensemble members ``n`` in this call.
             window_fn: ``window_fn(tensor, patch_fn) -> tensor``, e.g. MONAI's ``sliding_window_inference`` with
                 ``predictor=patch_fn``; ``patch_fn`` maps a window batch ``(b, image_channels + seg_channels, *roi)``
-                to ``(b, seg_channels, *roi)``.
-            generator: seed or ``torch.Generator`` (shared across chunks by the inferer).
-            num_inference_steps: DDIM steps (the network's default if ``None``).
+                to ``(b, seg_channels, *roi)``. ``None``: the UNet runs on the whole image.
+            num_inference_steps: DDIM steps ``k`` (the network's default if ``None``).
             sampler: ``"ddim"`` or ``"ddpm"`` (the network's default if ``None``).
             eta: DDIM ``eta`` (the network's default if ``None``).
 
         Returns:
-            ``(B, n, num_classes, *spatial)`` probabilities.
+            ``(B, N, num_classes, *spatial)`` logits: ``log`` of :py:meth:`to_probabilities` of the final samples,
+            clamped at 1e-6 (``softmax`` over the class axis gives the probabilities back).
 
         Example::
 
@@ -556,8 +535,16 @@ class DiffusionSegmentation(nn.Module):
             def window_fn(x, patch_fn):
                 return sliding_window_inference(x, (48, 48, 48), 4, patch_fn, overlap=0.25, mode="gaussian")
 
-            probs = net.sample_windowed(volume, 2, window_fn, generator=torch.Generator().manual_seed(0))
+            logits = net.sample(net.distribution(volume), 2, generator=0, window_fn=window_fn)
+            probs = logits.softmax(2)  # (1, 2, num_classes, *spatial)
         """
+        if "image" not in maps:
+            raise KeyError(f"maps must hold 'image' (from distribution(x)), got {sorted(maps)}.")
+        images = maps["image"]
+        self._check_images(images)
+        if window_fn is None:
+            self._check_divisible(images.shape[2:], "images")
+            window_fn = whole_image
 
         def _denoise(tensor: torch.Tensor, t: int) -> torch.Tensor:
             out = window_fn(tensor, self._unet_at(t))
@@ -570,8 +557,8 @@ class DiffusionSegmentation(nn.Module):
                     f"window_fn must return a tensor of shape ({tensor.shape[0]}, {self.seg_channels}, "
                     f"*{tuple(tensor.shape[2:])}), got {getattr(out, 'shape', type(out).__name__)}."
                 )
-            out = out.as_tensor() if hasattr(out, "as_tensor") else out
+            out = out.as_tensor() if isinstance(out, MetaTensor) else out
             return out.to(device=tensor.device, dtype=tensor.dtype)
 
-        x0 = self._reverse_process(inputs, num_samples, _denoise, generator, num_inference_steps, sampler, eta)
-        return self.to_probabilities(x0)
+        x0 = self._reverse_process(images, num_samples, _denoise, generator, num_inference_steps, sampler, eta)
+        return torch.log(self.to_probabilities(x0).clamp_min(_LOG_EPS))

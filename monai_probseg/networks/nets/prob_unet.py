@@ -12,8 +12,9 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.factories import Act
 
-from monai_probseg.losses.kl import gaussian_kl_divergence
+from monai_probseg.distributions import gaussian_kl_divergence
 from monai_probseg.networks.blocks.latent import ConvEncoder, GaussianLatentEncoder, LatentCombiner, _init_conv_weights
+from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, check_spatial_dims, make_generator
 
 __all__ = ["ProbabilisticUNet", "ProbUNet"]
@@ -68,12 +69,12 @@ class _UNetFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = self.encoder(x)
         x = skips[-1]
-        for block, skip in zip(self.decoder, reversed(skips[:-1])):
-            x = block(torch.cat([skip, self.upsample(x)], dim=1))
+        for i, block in enumerate(self.decoder):  # the skip of the level above, deepest first
+            x = block(torch.cat([skips[-2 - i], self.upsample(x)], dim=1))
         return x
 
 
-class ProbabilisticUNet(nn.Module):
+class ProbabilisticUNet(DistributionModel):
     """Probabilistic U-Net: a U-Net combined with a conditional VAE over a global latent vector.
 
     Kohl et al., "A Probabilistic U-Net for Segmentation of Ambiguous Images", NeurIPS 2018. A U-Net computes
@@ -85,11 +86,11 @@ class ProbabilisticUNet(nn.Module):
     are the defaults: ``latent_dim=6``, channels ``(32, 64, 128, 192)``, 3 convolutions per level, 3 fcomb layers,
     ReLU, no normalisation, average pooling down and bilinear (trilinear in 3D) upsampling.
 
-    Calling conventions (the monai_probseg model contract):
+    Calling conventions (a :py:class:`~monai_probseg.networks.DistributionModel` of the monai_probseg model contract):
 
     - ``forward(x)``: logits ``(B, C, *spatial)`` at the prior mean ``z = mu_p(x)``, the model's best single
-      answer, a plain tensor (in training and eval mode), so MONAI inferers, ``verify_net_in_out`` and
-      ``torch.jit.trace`` work.
+      answer, a plain tensor (in training and eval mode), so MONAI inferers, ``verify_net_in_out`` and TorchScript
+      (``torch.jit.script`` of ``forward(x)``, which ``python -m monai.bundle ckpt_export`` runs) work.
     - ``forward(x, y)``: a dict for the loss: ``"logits"`` from a reparameterised posterior sample (from the
       posterior mean in eval mode: a reconstruction), ``"z"`` ``(B, D)``, ``"prior_mean"``, ``"prior_log_sigma"``,
       ``"posterior_mean"``, ``"posterior_log_sigma"`` ``(B, D)`` and ``"kl"`` ``(B,)``, the analytic
@@ -233,12 +234,26 @@ class ProbabilisticUNet(nn.Module):
 
     # ------------------------------------------------------------------ model contract
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Prior-mean logits for ``forward(x)``; the dict for the ELBO for ``forward(x, y)`` (see the class doc)."""
-        self._check_image(x)
+        """Prior-mean logits for ``forward(x)``; the dict for the ELBO for ``forward(x, y)`` (see the class doc).
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+            y: label for the posterior net, ``(B, 1, *spatial)`` class indices or ``(B, posterior_label_channels,
+                *spatial)`` one-hot; ``None`` for the prior-mean logits. A TorchScript export computes only
+                ``forward(x)``.
+        """
+        if not torch.jit.is_scripting():
+            self._check_image(x)
+            if y is not None:
+                return self._elbo_outputs(x, y)
+        elif y is not None:
+            raise RuntimeError("the TorchScript module computes only the eval forward(x), without a label.")
+        return self.fcomb(self.unet(x), self.prior_net(x)[0])
+
+    def _elbo_outputs(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training outputs of ``forward(x, y)``, see the class doc."""
         features = self.unet(x)
         prior_mean, prior_log_sigma = self.prior_net(x)
-        if y is None:
-            return self.fcomb(features, prior_mean)
         post_mean, post_log_sigma = self.posterior_net(self._posterior_input(x, y))
         if self.training:
             z = post_mean + torch.exp(post_log_sigma) * torch.randn_like(post_mean)

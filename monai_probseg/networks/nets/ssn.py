@@ -17,13 +17,15 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNet
 
-from monai_probseg.networks.blocks.lowrank import LowRankHead, low_rank_sample
+from monai_probseg.distributions import low_rank_sample
+from monai_probseg.networks.blocks.lowrank import LowRankHead
+from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, check_spatial_dims
 
 __all__ = ["StochasticSegmentationNetwork", "SSN"]
 
 
-class StochasticSegmentationNetwork(nn.Module):
+class StochasticSegmentationNetwork(DistributionModel):
     """Stochastic Segmentation Network: a backbone plus a low-rank multivariate normal over the logits.
 
     Monteiro et al. (2020) Stochastic Segmentation Networks: Modelling Spatially Correlated Aleatoric
@@ -47,9 +49,10 @@ class StochasticSegmentationNetwork(nn.Module):
     the covariance tends to blow up in the air, where the label is certain. If the parameters of a batch item are
     not finite the item falls back to the mean with an ``epsilon`` diagonal (see :py:attr:`num_fallbacks`).
 
-    Model contract (see docs/design.rst):
+    Model contract (a :py:class:`~monai_probseg.networks.DistributionModel`, see docs/design.rst):
 
-    - eval ``forward(x)`` returns the mean logits ``(B, C, *spatial)``;
+    - eval ``forward(x)`` returns the mean logits ``(B, C, *spatial)`` (TorchScript-compatible: ``python -m
+      monai.bundle ckpt_export`` scripts it);
     - training ``forward(x, y)`` returns ``{"logits", "mean", "cov_factor", "cov_diag"}`` (``y`` is ignored);
     - ``distribution(x)`` returns the spatial maps ``mean``, ``cov_factor``, ``cov_diag``;
     - ``sample(maps, num_samples, generator)`` returns ``(B, N, C, *spatial)`` logits.
@@ -167,6 +170,11 @@ class StochasticSegmentationNetwork(nn.Module):
         return self.head.num_fallbacks
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.backbone(x)
+        return self._checked_features(x)
+
+    def _checked_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"input must be (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial dims, "
@@ -211,9 +219,10 @@ class StochasticSegmentationNetwork(nn.Module):
             roi_mask: optional region of interest, see :py:meth:`distribution`.
         """
         maps = self.distribution(x, roi_mask=roi_mask)
-        if not self.training:
-            return maps["mean"]
-        return {"logits": maps["mean"], **maps}
+        if not torch.jit.is_scripting():  # (TorchScript skips this block: the export is the eval forward)
+            if self.training:
+                return _with_logits(maps)
+        return maps["mean"]
 
     def sample(
         self,
@@ -225,7 +234,7 @@ class StochasticSegmentationNetwork(nn.Module):
         """Draw logit samples ``mean + P @ eps + sqrt(D) * eta`` from the maps of :py:meth:`distribution`.
 
         ``eps`` (``R`` numbers per sample) is shared by the whole image; the backbone is not re-run. Memory and
-        the order of the random draws are described in :py:func:`~monai_probseg.networks.blocks.low_rank_sample`.
+        the order of the random draws are described in :py:func:`~monai_probseg.distributions.low_rank_sample`.
 
         Args:
             maps: the output of :py:meth:`distribution` (possibly stitched by a sliding-window inferer).
@@ -282,6 +291,11 @@ class StochasticSegmentationNetwork(nn.Module):
         top2 = mean.topk(2, dim=1).values
         confident = (top2[:, :1] - top2[:, 1:]) - 2.0 * k * std_max >= math.log((num_classes - 1) / tol)
         return ~(outside_roi | still | confident)
+
+
+def _with_logits(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The training outputs: the maps plus ``"logits"`` (the mean), for trainers and metrics that read logits."""
+    return {"logits": maps["mean"], **maps}
 
 
 SSN = StochasticSegmentationNetwork

@@ -24,6 +24,13 @@ def _net(spatial_dims=2, num_classes=2, seed=0, randomize_output=True, **kwargs)
     return net.eval()
 
 
+def _probs(net, images, num_samples, **kwargs):
+    """The probabilities of the samples: softmax of the logits of sample(distribution(images), ...)."""
+    logits = net.sample(net.distribution(images), num_samples, **kwargs)
+    assert logits.shape[:2] == (images.shape[0], num_samples) and torch.isfinite(logits).all()
+    return logits.softmax(2)
+
+
 def _count_calls(net):
     calls = []
     handle = net.unet.register_forward_hook(lambda module, args, kwargs_out: calls.append(args[0].shape[0]))
@@ -37,7 +44,7 @@ def _count_calls(net):
 def test_shapes_and_probabilities(spatial_dims, num_classes, size):
     net = _net(spatial_dims, num_classes)
     images = torch.randn(2, 1, *size)
-    probs = net.sample(images, num_samples=3, generator=0, num_inference_steps=3)
+    probs = _probs(net, images, num_samples=3, generator=0, num_inference_steps=3)
     assert probs.shape == (2, 3, num_classes, *size)
     assert probs.min() >= 0 and probs.max() <= 1
     torch.testing.assert_close(probs.sum(2), torch.ones(2, 3, *size))
@@ -45,7 +52,7 @@ def test_shapes_and_probabilities(spatial_dims, num_classes, size):
     assert logits.shape == (2, num_classes, *size)
     assert torch.isfinite(logits).all()
     # logits are the log of the probabilities of one deterministic DDIM sample
-    again = net.sample(images, 1, generator=net.forward_seed, num_inference_steps=net.forward_steps, eta=0.0)
+    again = _probs(net, images, 1, generator=net.forward_seed, num_inference_steps=net.forward_steps, eta=0.0)
     torch.testing.assert_close(logits.softmax(1), again[:, 0], atol=1e-4, rtol=0)
     # training forward: the denoiser output has the segmentation channels
     seg_channels = 1 if num_classes == 2 else num_classes
@@ -78,7 +85,7 @@ def test_encoding_and_probabilities_values():
 def test_ddim_calls_unet_once_per_step_with_members_in_one_batch(steps):
     net = _net(2, 2)
     calls, handle = _count_calls(net)
-    net.sample(torch.randn(2, 1, 16, 16), num_samples=5, generator=0, num_inference_steps=steps, sampler="ddim")
+    _probs(net, torch.randn(2, 1, 16, 16), num_samples=5, generator=0, num_inference_steps=steps, sampler="ddim")
     handle.remove()
     assert calls == [2 * 5] * steps
     # the timesteps follow the stride DDIMScheduler.step assumes (t -> t - T // k)
@@ -90,19 +97,19 @@ def test_ddim_calls_unet_once_per_step_with_members_in_one_batch(steps):
 def test_ddpm_runs_every_timestep():
     net = _net(2, 2, num_train_timesteps=12)
     calls, handle = _count_calls(net)
-    probs = net.sample(torch.randn(1, 1, 16, 16), num_samples=2, generator=0, sampler="ddpm")
+    probs = _probs(net, torch.randn(1, 1, 16, 16), num_samples=2, generator=0, sampler="ddpm")
     handle.remove()
     assert calls == [2] * 12
     assert probs.shape == (1, 2, 2, 16, 16)
     with pytest.raises(ValueError, match="consecutive"):
-        net.sample(torch.randn(1, 1, 16, 16), 1, sampler="ddpm", num_inference_steps=4)
+        _probs(net, torch.randn(1, 1, 16, 16), 1, sampler="ddpm", num_inference_steps=4)
 
 
 def test_ddim_chain_values_with_a_zero_denoiser():
     """eps_hat = 0: the deterministic DDIM chain is x_s = sqrt(abar_s) clip(x_t / sqrt(abar_t)) (by hand)."""
     net = _net(2, 2, randomize_output=False)  # MONAI's zero output conv: the UNet predicts eps = 0
     images = torch.randn(1, 1, 16, 16)
-    probs = net.sample(images, num_samples=2, generator=7, num_inference_steps=4, eta=0.0)
+    probs = _probs(net, images, num_samples=2, generator=7, num_inference_steps=4, eta=0.0)
     abar = net.ddim_scheduler.alphas_cumprod.double()
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(7)).double()
     timesteps = [750, 500, 250, 0]
@@ -117,7 +124,7 @@ def test_ddim_chain_values_with_a_zero_denoiser():
 def test_v_prediction_chain_values_with_a_zero_denoiser():
     """v_hat = 0: x0_hat = sqrt(abar_t) x_t, eps_hat = sqrt(1 - abar_t) x_t (Salimans & Ho 2022), by hand."""
     net = _net(2, 2, randomize_output=False, prediction_type="v_prediction")
-    probs = net.sample(torch.randn(1, 1, 16, 16), num_samples=1, generator=5, num_inference_steps=2, eta=0.0)
+    probs = _probs(net, torch.randn(1, 1, 16, 16), num_samples=1, generator=5, num_inference_steps=2, eta=0.0)
     abar = net.ddim_scheduler.alphas_cumprod.double()
     x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5)).double()
     for t, s in ((500, 0), (0, None)):
@@ -133,9 +140,9 @@ def test_same_seed_same_samples_different_seed_different(sampler, eta):
     net = _net(2, 2, num_train_timesteps=20)
     images = torch.randn(1, 1, 16, 16)
     kwargs = {"sampler": sampler, "eta": eta, "num_inference_steps": 5 if sampler == "ddim" else None}
-    a = net.sample(images, 3, generator=torch.Generator().manual_seed(1), **kwargs)
-    b = net.sample(images, 3, generator=1, **kwargs)
-    c = net.sample(images, 3, generator=2, **kwargs)
+    a = _probs(net, images, 3, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = _probs(net, images, 3, generator=1, **kwargs)
+    c = _probs(net, images, 3, generator=2, **kwargs)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert (a - c).abs().max() > 1e-3
     # the members of one call differ from each other
@@ -153,25 +160,25 @@ def _window_fn(roi_size, overlap=0.25, mode="gaussian"):
     "spatial_dims,num_classes,size,roi",
     [(2, 2, (16, 16), (8, 8)), (2, 3, (16, 24), (8, 16)), (3, 2, (16, 16, 16), (8, 8, 8))],
 )
-def test_sample_windowed(spatial_dims, num_classes, size, roi):
+def test_sample_with_window_fn(spatial_dims, num_classes, size, roi):
     net = _net(spatial_dims, num_classes)
     images = torch.randn(1, 1, *size)
     calls, handle = _count_calls(net)
-    probs = net.sample_windowed(images, 2, _window_fn(roi), generator=torch.Generator().manual_seed(3))
+    probs = _probs(net, images, 2, window_fn=_window_fn(roi), generator=torch.Generator().manual_seed(3))
     handle.remove()
     assert probs.shape == (1, 2, num_classes, *size)
     torch.testing.assert_close(probs.sum(2), torch.ones(1, 2, *size))
     assert len(calls) > net.num_inference_steps  # several windows per step
     # a window covering the whole image reproduces sample() with the same generator
-    whole = net.sample_windowed(images, 2, _window_fn(size), generator=torch.Generator().manual_seed(3))
-    direct = net.sample(images, 2, generator=torch.Generator().manual_seed(3))
+    whole = _probs(net, images, 2, window_fn=_window_fn(size), generator=torch.Generator().manual_seed(3))
+    direct = _probs(net, images, 2, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(whole, direct, atol=1e-4, rtol=0)
     # plain identity window function: exactly sample()
-    plain = net.sample_windowed(images, 2, lambda t, f: f(t), generator=torch.Generator().manual_seed(3))
+    plain = _probs(net, images, 2, window_fn=lambda t, f: f(t), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(plain, direct, atol=0, rtol=0)
 
 
-def test_sample_windowed_draws_noise_for_the_whole_volume():
+def test_windowed_sample_draws_noise_for_the_whole_volume():
     """With an identity 'UNet' per window, the windowed result does not depend on the windows."""
     net = _net(2, 2)
     images = torch.randn(1, 1, 16, 16)
@@ -181,9 +188,9 @@ def test_sample_windowed_draws_noise_for_the_whole_volume():
         seen.append(tuple(tensor.shape))
         return torch.zeros(tensor.shape[0], 1, *tensor.shape[2:])  # eps_hat = 0 everywhere
 
-    a = net.sample_windowed(images, 3, fake_window_fn, generator=4, num_inference_steps=2)
+    a = _probs(net, images, 3, window_fn=fake_window_fn, generator=4, num_inference_steps=2)
     assert seen == [(3, 2, 16, 16)] * 2  # the whole volume (image + x_t of 3 members) at every step
-    b = net.sample_windowed(images, 3, fake_window_fn, generator=4, num_inference_steps=2)
+    b = _probs(net, images, 3, window_fn=fake_window_fn, generator=4, num_inference_steps=2)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -192,34 +199,45 @@ def test_errors():
     with pytest.raises(TypeError, match="label_to_network=False"):
         net(torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="divisible by 4"):
-        net.sample(torch.randn(1, 1, 18, 16), 1)
+        _probs(net, torch.randn(1, 1, 18, 16), 1)
     with pytest.raises(ValueError, match="shape"):
-        net.sample(torch.randn(1, 2, 16, 16), 1)
+        _probs(net, torch.randn(1, 2, 16, 16), 1)
     with pytest.raises(ValueError, match="sampler"):
-        net.sample(torch.randn(1, 1, 16, 16), 1, sampler="euler")
+        _probs(net, torch.randn(1, 1, 16, 16), 1, sampler="euler")
     with pytest.raises(ValueError, match="num_inference_steps"):
-        net.sample(torch.randn(1, 1, 16, 16), 1, num_inference_steps=5000)
+        _probs(net, torch.randn(1, 1, 16, 16), 1, num_inference_steps=5000)
     with pytest.raises(ValueError, match="prediction_type"):
         DiffusionSegmentation(2, 1, 2, prediction_type="sample", **TINY)
     with pytest.raises(ValueError, match="together"):
         net(torch.randn(1, 1, 16, 16), noisy_seg=torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="window_fn"):
-        net.sample_windowed(torch.randn(1, 1, 16, 16), 1, lambda t, f: t)
+        _probs(net, torch.randn(1, 1, 16, 16), 1, window_fn=lambda t, f: t)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_traced_eval_forward_holds_its_initial_noise():
+    net = _net(2, 3, num_inference_steps=2)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x)
+        first, second = traced(x), traced(x)
+        torch.testing.assert_close(first, net(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)  # not a new draw at every call
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_generator_with_cuda_inputs():
     net = _net(2, 2).cuda()
     images = torch.randn(1, 1, 16, 16, device="cuda")
-    a = net.sample(images, 2, generator=torch.Generator().manual_seed(0), eta=1.0)
-    b = net.sample(images, 2, generator=torch.Generator().manual_seed(0), eta=1.0)
+    a = _probs(net, images, 2, generator=torch.Generator().manual_seed(0), eta=1.0)
+    b = _probs(net, images, 2, generator=torch.Generator().manual_seed(0), eta=1.0)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    c = net.sample(images, 2, generator=torch.Generator(device="cuda").manual_seed(0), eta=1.0)
+    c = _probs(net, images, 2, generator=torch.Generator(device="cuda").manual_seed(0), eta=1.0)
     assert c.shape == a.shape
 
 
 def test_stochastic_inferer_output_dict():
-    """The inferer's extension point: chunks of sample_windowed streamed into the uncertainty maps."""
+    """The inferer's iterative path: chunks of sample(..., window_fn) streamed into the uncertainty maps."""
     from monai_probseg.inferers import StochasticSlidingWindowInferer
     from monai_probseg.metrics import uncertainty_maps
     from monai_probseg.utils import make_generator
@@ -230,10 +248,14 @@ def test_stochastic_inferer_output_dict():
     out = inferer(images, net)
     # the whole image is one window: equal to two chunks of sample() with the inferer's generator
     gen = make_generator(0, "cpu")
-    probs = torch.cat([net.sample(images, 2, generator=gen), net.sample(images, 2, generator=gen)], dim=1)
+    probs = torch.cat([_probs(net, images, 2, generator=gen), _probs(net, images, 2, generator=gen)], dim=1)
     expected = uncertainty_maps(probs)
-    for key in ("prob", "seg", "entropy", "mutual_info", "variance"):
+    for key in ("prob", "entropy", "mutual_info", "variance"):
         torch.testing.assert_close(torch.as_tensor(out[key]).float(), expected[key].float(), atol=1e-5, rtol=0)
+    # the label map agrees wherever the mean probability is not a tie (the window blending rounds differently)
+    top2 = expected["prob"].topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert torch.equal(torch.as_tensor(out["seg"])[:, 0][decided], expected["seg"][:, 0][decided])
     torch.testing.assert_close(expected["variance"], probs.var(1, unbiased=False))
     assert tuple(out["samples"].shape) == (1, 4, 16, 16)
     # windows smaller than the image

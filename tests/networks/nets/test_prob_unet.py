@@ -220,6 +220,19 @@ def test_trace_and_export_of_eval_forward():
         assert torch.allclose(exported.module()(x2), net(x2), atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_script_of_eval_forward(spatial_dims):
+    torch.manual_seed(0)
+    net = ProbabilisticUNet(spatial_dims, 1, 3, latent_dim=2, channels=(4, 8), num_convs_per_block=1, norm="instance")
+    scripted = torch.jit.script(net.eval())
+    x = torch.randn(2, 1, *([8] * spatial_dims))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-6, rtol=0)
+        with pytest.raises(torch.jit.Error, match="eval forward"):
+            scripted(x, torch.zeros(2, 1, *([8] * spatial_dims)))
+
+
 def test_input_errors():
     net = _net()
     x, y = _data()

@@ -11,9 +11,10 @@ import torch.nn as nn
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 from parameterized import parameterized
 
-from monai_probseg.data.toy import classify_two_mode, two_mode_toy
 from monai_probseg.losses import LowRankMVNNLLLoss
 from monai_probseg.networks.nets import StochasticSegmentationNetwork
+
+from ...toy import classify_two_mode, two_mode_toy
 
 FEATS = 6
 
@@ -196,6 +197,18 @@ class TestStochasticSegmentationNetwork(unittest.TestCase):
             StochasticSegmentationNetwork(4, 1, 2)
         with self.assertRaisesRegex(KeyError, "cov_factor"):
             _tiny_ssn(2).sample({"mean": torch.zeros(1, 3, 4, 4)}, 2)
+
+    @parameterized.expand([(2, False, False), (3, True, True)])
+    def test_script_of_eval_forward(self, dims, diagonal, roi_from_image):
+        torch.manual_seed(0)
+        net = _tiny_ssn(dims, diagonal=diagonal, roi_from_image=roi_from_image).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(net)
+        x = torch.randn(2, 2, *([8] * dims))
+        x[0, :, :2] = 0  # some "air" for the region of interest
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), net(x), atol=1e-6, rtol=0)
 
     def test_default_backbone(self):
         net = StochasticSegmentationNetwork(3, 4, 4)

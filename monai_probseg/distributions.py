@@ -1,0 +1,155 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""The probability math that networks and losses share: diagonal Gaussians and low-rank normals over logits.
+
+This module sits below :py:mod:`monai_probseg.networks` and :py:mod:`monai_probseg.losses` and imports neither, so
+that both can use one definition of each formula (see docs/design.rst):
+
+- :py:func:`gaussian_kl_divergence`: the analytic ``KL(q || p)`` of axis-aligned Gaussians, the KL term of the
+  Probabilistic U-Net (Kohl et al., NeurIPS 2018), used by its training forward pass and by the ELBO and KL losses;
+- :py:func:`low_rank_sample`: samples ``mean + P @ eps + sqrt(D) * eta`` of the low-rank normal over logits of
+  Stochastic Segmentation Networks (Monteiro et al., NeurIPS 2020), used by the network's sampler and by the Monte
+  Carlo likelihood of its loss.
+
+Low-rank parameter maps (never a dense ``(C V) x (C V)`` covariance) for ``C`` classes and rank ``R``:
+``mean`` ``(B, C, *spatial)``, ``cov_factor`` ``(B, C * R, *spatial)`` with channel ``c * R + r`` holding column
+``r`` of ``P`` for class ``c``, and ``cov_diag`` ``(B, C, *spatial)``, the diagonal of ``D`` (variances). The
+low-rank noise ``eps`` (``R`` numbers per sample) is shared by every voxel: it is *global*, which makes samples
+spatially coherent and lets a sliding-window inferer stitch windows without seams.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monai_probseg.utils import check_positive_int, make_generator
+
+__all__ = ["gaussian_kl_divergence", "low_rank_sample"]
+
+
+def gaussian_kl_divergence(
+    mean_q: torch.Tensor, log_sigma_q: torch.Tensor, mean_p: torch.Tensor, log_sigma_p: torch.Tensor
+) -> torch.Tensor:
+    """Element-wise analytic ``KL(q || p)`` of Gaussians ``q = N(mean_q, sigma_q^2)`` and ``p = N(mean_p, sigma_p^2)``.
+
+    ``KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mean_q - mean_p)^2) / (2 sigma_p^2) - 1/2``, written with
+    ``exp(2 (log_sigma_q - log_sigma_p))`` and ``exp(-2 log_sigma_p)`` so no division by a tiny sigma happens.
+    Summing over the latent axis gives the KL of the axis-aligned Gaussians of the Probabilistic U-Net
+    (Kohl et al., NeurIPS 2018).
+
+    Args:
+        mean_q: means of q.
+        log_sigma_q: log standard deviations of q (same shape).
+        mean_p: means of p (same shape).
+        log_sigma_p: log standard deviations of p (same shape).
+
+    Returns:
+        the KL of every element, the shape of the inputs.
+
+    Example::
+
+        z = torch.zeros(1, 1)
+        gaussian_kl_divergence(z, z, z + 1, z + math.log(2))  # log 2 + 2 / 8 - 1/2
+    """
+    return (
+        (log_sigma_p - log_sigma_q)
+        + 0.5 * torch.exp(2.0 * (log_sigma_q - log_sigma_p))
+        + 0.5 * (mean_q - mean_p) ** 2 * torch.exp(-2.0 * log_sigma_p)
+        - 0.5
+    )
+
+
+def low_rank_sample(
+    mean: torch.Tensor,
+    cov_factor: torch.Tensor,
+    cov_diag: torch.Tensor,
+    num_samples: int,
+    generator: int | torch.Generator | None = None,
+    antithetic: bool = False,
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw logit samples ``mean + P @ eps + sqrt(D) * eta`` from low-rank normal parameter maps.
+
+    The sampler of Stochastic Segmentation Networks (Monteiro et al., NeurIPS 2020), computed directly from the
+    spatial maps: no dense covariance is formed and the cost per sample is ``C * R`` multiply-adds, ``C`` normal
+    draws and ``C`` square roots per voxel.
+
+    Random draws, in this order (so that a caller with the same generator can reproduce them):
+    ``eps = randn(B, n, R)`` (skipped when ``eps`` is given), then ``eta = randn(B, n, C, *spatial)``, both in
+    float32 on the generator's device (the tensors' device when ``generator`` is None), with ``n = num_samples``,
+    or ``num_samples // 2`` when ``antithetic``.
+
+    Memory: the result holds ``B * N * C * V`` values; with gradients enabled the computation keeps about three
+    such tensors (the per-voxel noise, the centred samples and the result), without gradients about two.
+    To bound memory, call it several times with fewer samples, or on spatial chunks of the maps with the same
+    ``eps`` (the low-rank noise is global, so chunks of one sample stay coherent).
+
+    Args:
+        mean: ``(B, C, *spatial)`` mean logits.
+        cov_factor: ``(B, C * R, *spatial)`` covariance factor; channel ``c * R + r`` is rank ``r`` of class ``c``.
+        cov_diag: ``(B, C, *spatial)`` non-negative diagonal of the covariance (variances).
+        num_samples: number of samples ``N``.
+        generator: seed or ``torch.Generator`` for the draws (``None``: torch's global random state).
+        antithetic: draw ``N / 2`` centred samples ``z`` and return ``mean + z`` followed by ``mean - z``, so that
+            sample ``m`` and sample ``m + N / 2`` are mirrored about the mean (as the reference implementation
+            of Monteiro et al. does for its loss). ``N`` must be even.
+        eps: optional low-rank noise ``(B, n, R)`` or ``(1, n, R)`` to use instead of drawing it (e.g. to share it
+            between spatial chunks or sliding windows of one image).
+
+    Returns:
+        logits ``(B, N, C, *spatial)``.
+
+    Example::
+
+        mean, factor, diag = torch.zeros(1, 2, 8, 8), torch.randn(1, 2 * 3, 8, 8), torch.full((1, 2, 8, 8), 0.1)
+        samples = low_rank_sample(mean, factor, diag, num_samples=10, generator=0)  # (1, 10, 2, 8, 8)
+    """
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if mean.ndim < 3:
+        raise ValueError(f"mean must be (B, C, *spatial), got shape {tuple(mean.shape)}.")
+    if cov_diag.shape != mean.shape:
+        raise ValueError(f"cov_diag must have the shape of mean {tuple(mean.shape)}, got {tuple(cov_diag.shape)}.")
+    batch, num_classes = mean.shape[:2]
+    spatial = tuple(mean.shape[2:])
+    if cov_factor.ndim != mean.ndim or cov_factor.shape[0] != batch or tuple(cov_factor.shape[2:]) != spatial:
+        raise ValueError(
+            f"cov_factor must be (B, C * R, *spatial) = ({batch}, {num_classes} * R, {', '.join(map(str, spatial))}), "
+            f"got {tuple(cov_factor.shape)}."
+        )
+    if cov_factor.shape[1] % num_classes != 0:
+        raise ValueError(
+            f"cov_factor has {cov_factor.shape[1]} channels, expected a multiple of the {num_classes} classes (C * R)."
+        )
+    rank = cov_factor.shape[1] // num_classes
+    if antithetic and num_samples % 2 != 0:
+        raise ValueError(f"antithetic sampling needs an even num_samples, got {num_samples}.")
+    num_draw = num_samples // 2 if antithetic else num_samples
+
+    gen = make_generator(generator, mean.device)
+    noise_device = gen.device if gen is not None else mean.device
+    if eps is None:
+        eps = torch.randn((batch, num_draw, rank), generator=gen, device=noise_device, dtype=torch.float32)
+    elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_draw, rank):
+        raise ValueError(
+            f"eps must be ({batch} or 1, {num_draw}, {rank}) (batch, drawn samples, rank), got {tuple(eps.shape)}."
+        )
+    eps = eps.to(device=mean.device, dtype=mean.dtype).expand(batch, num_draw, rank)
+    eta = torch.randn((batch, num_draw, num_classes, *spatial), generator=gen, device=noise_device, dtype=torch.float32)
+    eta = eta.to(device=mean.device, dtype=mean.dtype)
+
+    factor = cov_factor.reshape(batch, num_classes, rank, *spatial)
+    low_rank = torch.einsum("bcr...,bnr->bnc...", factor, eps)  # (B, n, C, *spatial), P @ eps per voxel
+    scale = cov_diag.clamp_min(0).sqrt().unsqueeze(1)
+    track = torch.is_grad_enabled() and (mean.requires_grad or cov_factor.requires_grad or cov_diag.requires_grad)
+    if track:
+        centred = low_rank + scale * eta
+        if antithetic:
+            centred = torch.cat([centred, -centred], dim=1)
+        return mean.unsqueeze(1) + centred
+    # no autograd: reuse buffers in place
+    centred = eta.mul_(scale).add_(low_rank)
+    del low_rank
+    if antithetic:
+        centred = torch.cat([centred, centred.neg()], dim=1)
+    return centred.add_(mean.unsqueeze(1))
