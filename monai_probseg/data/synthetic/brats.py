@@ -360,7 +360,8 @@ def write_brats_phantoms(
     ``-t2w``, ``-t2f`` (float32, skull-stripped: exactly 0 outside the brain), ``<case>-brainmask.nii.gz``
     (uint8, the brain mask of the skull stripping), ``<case>-seg.nii.gz`` (uint8 consensus) and
     ``<case>-seg-rater<k>.nii.gz`` for k = 1..R (uint8), all with the same 1 mm RAS affine. Files are written
-    under a temporary name and renamed, so an interrupted run never leaves a truncated file. Case ``i`` depends only on ``(seed, i)``.
+    under a temporary name and renamed, so an interrupted run never leaves a truncated file. Case ``i`` depends
+    only on ``(seed, i)``.
 
     The datalist has ``"training"``, ``"validation"`` and ``"test"`` lists of
     ``{"image": [t1n, t1c, t2w, t2f], "label": seg, "raters": [...], "brainmask": mask, "case_id": ...}`` with

@@ -6,6 +6,7 @@ from __future__ import annotations
 import unittest
 import warnings
 
+import pytest
 import torch
 import torch.nn as nn
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
@@ -245,3 +246,21 @@ class TestStochasticSegmentationNetwork(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_sample_scale_narrows_the_noise():
+    """``sample_scale`` s gives mean + s * (noise): the same draws, scaled about the mean."""
+    net = StochasticSegmentationNetwork(2, 1, 3, rank=2, channels=(4, 8), strides=(2,), num_res_units=0)
+    scaled = StochasticSegmentationNetwork(
+        2, 1, 3, rank=2, channels=(4, 8), strides=(2,), num_res_units=0, sample_scale=0.5
+    )
+    scaled.load_state_dict(net.state_dict())
+    net.eval()
+    scaled.eval()
+    with torch.no_grad():
+        maps = net.distribution(torch.randn(1, 1, 16, 16))
+        a, b = net.sample(maps, 4, generator=0), scaled.sample(maps, 4, generator=0)
+    mean = maps["mean"][:, None]
+    torch.testing.assert_close(b - mean, 0.5 * (a - mean), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sample_scale"):
+        StochasticSegmentationNetwork(2, 1, 3, sample_scale=0.0)
