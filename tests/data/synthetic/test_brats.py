@@ -193,3 +193,50 @@ def test_smooth_field():
     # smooth: neighbouring voxels are strongly correlated
     assert np.corrcoef(f[1:].ravel(), f[:-1].ravel())[0, 1] > 0.95
     np.testing.assert_array_equal(f, smooth_field((40, 30, 20), 4, np.random.default_rng(0)))
+
+
+def test_skull_stripped_like_brats(phantom):
+    """Every voxel outside the brain mask is exactly 0 in all four modalities; none inside is."""
+    image, brain = phantom["image"], phantom["brain"].astype(bool)
+    assert (image[:, ~brain] == 0).all()
+    assert (image[:, brain] > 0).all()
+    assert (phantom["raters"][:, ~brain] == 0).all() and (phantom["seg"][~brain] == 0).all()
+    assert 0.1 < brain.mean() < 0.6
+
+
+def test_case_variation_and_exact_truth():
+    """Per-case acquisition and tumour draws cover the ranges, including non-enhancing tumours and satellites."""
+    params = [brats_phantom((32, 32, 32), 3, seed=s)["params"] for s in range(24)]
+    noise = [p["noise"] for p in params]
+    assert 0.015 <= min(noise) and max(noise) <= 0.06 and max(noise) > 2 * min(noise)
+    assert max(p["bias"] for p in params) > 2 * min(p["bias"] for p in params)
+    sizes = [p["tumour_size_fraction"] for p in params]
+    assert 0.12 <= min(sizes) < 0.16 and 0.28 < max(sizes) <= 0.34
+    assert not all(p["enhancing"] for p in params) and any(p["enhancing"] for p in params)
+    assert any(p["satellites"] for p in params)
+    for p in params:  # the rater shifts record which satellites each rater drew
+        for shift in p["rater_shifts"]:
+            assert len(shift["satellites"]) == len(p["satellites"])
+    # a non-enhancing tumour has no label 3 in any segmentation, and a core of label 1
+    seed = next(s for s, p in enumerate(params) if not p["enhancing"])
+    q = brats_phantom((32, 32, 32), 3, seed=seed)
+    assert not (q["raters"] == 3).any() and (q["nominal"] == 1).any()
+
+
+def test_fixed_levels_and_bad_ranges():
+    p = brats_phantom((24, 24, 24), 1, seed=0, noise=0.02, bias=0.1, max_satellites=0)
+    assert p["params"]["noise"] == 0.02 and p["params"]["bias"] == 0.1 and p["params"]["satellites"] == []
+    with pytest.raises(ValueError, match="noise"):
+        brats_phantom((24, 24, 24), 1, noise=(0.05, 0.01))
+    with pytest.raises(ValueError, match="tumour_size"):
+        brats_phantom((24, 24, 24), 1, tumour_size=(0.5, 0.9))
+
+
+def test_write_brainmask(tmp_path):
+    path = write_brats_phantoms(tmp_path, 1, (24, 24, 24), num_raters=1, seed=4)
+    with open(path) as f:
+        item = json.load(f)["training"][0]
+    mask = np.asarray(nib.load(os.path.join(str(tmp_path), item["brainmask"])).dataobj)
+    t2f = np.asarray(nib.load(os.path.join(str(tmp_path), item["image"][3])).dataobj)
+    np.testing.assert_array_equal(mask.astype(bool), t2f != 0)
+    np.testing.assert_array_equal(mask, brats_phantom((24, 24, 24), 1, seed=[4, 0])["brain"])
