@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.utils import one_hot
 
 from monai_probseg.networks.contract import IterativeSampler, WindowFn, whole_image
 from monai_probseg.utils import check_positive_int, check_spatial_dims, make_generator
@@ -120,6 +121,11 @@ class DiffusionSegmentation(IterativeSampler):
         forward_steps: number of DDIM steps of the eval :py:meth:`forward` (``num_inference_steps`` if ``None``).
         forward_seed: seed of the initial noise of the eval :py:meth:`forward`.
         schedule_args: extra arguments of the schedule function, e.g. ``{"beta_start": 1e-4, "beta_end": 0.02}``.
+        hard_samples: make each sample of :py:meth:`sample` the one-hot of its final label map (its argmax), as
+            the implicit ensembles of Wolleb et al. are segmentations: the uncertainty maps then measure the
+            disagreement between samples only, not the softness of an incompletely denoised ``x_0`` (which,
+            after few DDIM steps, leaves an entropy of about 0.4 nats everywhere). ``False`` keeps the soft
+            probabilities of :py:meth:`to_probabilities`.
 
     Example::
 
@@ -149,8 +155,10 @@ class DiffusionSegmentation(IterativeSampler):
         forward_steps: int | None = None,
         forward_seed: int = 0,
         schedule_args: dict[str, Any] | None = None,
+        hard_samples: bool = False,
     ) -> None:
         super().__init__()
+        self.hard_samples = bool(hard_samples)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.image_channels = check_positive_int(image_channels, "image_channels")
         # the channels of the model's input (the image), as inferers read it
@@ -561,4 +569,7 @@ class DiffusionSegmentation(IterativeSampler):
             return out.to(device=tensor.device, dtype=tensor.dtype)
 
         x0 = self._reverse_process(images, num_samples, _denoise, generator, num_inference_steps, sampler, eta)
-        return torch.log(self.to_probabilities(x0).clamp_min(_LOG_EPS))
+        probs = self.to_probabilities(x0)
+        if self.hard_samples:
+            probs = one_hot(probs.argmax(2, keepdim=True), probs.shape[2], dtype=probs.dtype, dim=2)
+        return torch.log(probs.clamp_min(_LOG_EPS))

@@ -292,3 +292,16 @@ def test_clip_consistent_output_matches_clipped_x0(prediction_type):
     torch.testing.assert_close(implied_x0(fixed), x0.clamp(-1, 1), atol=1e-5, rtol=0)
     inside = x0.abs() <= 1
     torch.testing.assert_close(fixed[inside], out[inside], atol=1e-4, rtol=0)  # unchanged where nothing clips
+
+
+def test_hard_samples_are_the_one_hot_of_the_soft_samples():
+    """``hard_samples``: each sample is the one-hot of the argmax of the same soft sample (same seed)."""
+    soft = _net(2, num_classes=3, seed=0)
+    hard = _net(2, num_classes=3, seed=0, hard_samples=True)
+    hard.load_state_dict(soft.state_dict())
+    images = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        p_soft = soft.sample(soft.distribution(images), 3, generator=0).softmax(2)
+        p_hard = hard.sample(hard.distribution(images), 3, generator=0).softmax(2)
+    torch.testing.assert_close(p_hard.argmax(2), p_soft.argmax(2))
+    assert torch.allclose(p_hard.amax(2), torch.ones(()), atol=1e-4)  # one-hot up to the 1e-6 clamp
