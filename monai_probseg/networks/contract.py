@@ -214,7 +214,19 @@ class DistributionModel(ProbabilisticModel):
         return None
 
 
-class IterativeSampler(ProbabilisticModel):
+class _ImageConditioned(ProbabilisticModel):
+    """Base of the kinds whose "maps" are the image itself (the network runs on it at every step or pass)."""
+
+    def distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"image": x}``: the sampler reads the whole image itself.
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``, the whole volume.
+        """
+        return {"image": x}
+
+
+class IterativeSampler(_ImageConditioned):
     """A model that draws a sample by a process over the whole volume, running its network at every step.
 
     Kind ``"iterative"``: diffusion segmentation (a reverse diffusion of the segmentation conditioned on the image).
@@ -233,14 +245,6 @@ class IterativeSampler(ProbabilisticModel):
     """
 
     sampling_kind = SamplingKind.ITERATIVE
-
-    def distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The condition of the process: ``{"image": x}``.
-
-        Args:
-            x: image ``(B, in_channels, *spatial)``, the whole volume.
-        """
-        return {"image": x}
 
     def sample(
         self,
@@ -263,7 +267,7 @@ class IterativeSampler(ProbabilisticModel):
         )
 
 
-class RepeatedPassSampler(ProbabilisticModel):
+class RepeatedPassSampler(_ImageConditioned):
     """A model whose samples are full passes of networks: MC dropout, deep ensembles, test-time augmentation.
 
     Kind ``"repeated"``: sample ``k`` is one full pass of :py:meth:`member` ``k`` over the whole volume (a
@@ -290,14 +294,6 @@ class RepeatedPassSampler(ProbabilisticModel):
             index: the sample index, ``0 <= index < num_members`` when ``num_members`` is set.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement member(index) -> the network of pass index.")
-
-    def distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"image": x}``: every pass reads the image itself.
-
-        Args:
-            x: image ``(B, in_channels, *spatial)``, the whole volume.
-        """
-        return {"image": x}
 
     def sample(
         self,
