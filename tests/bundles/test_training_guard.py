@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from monai.bundle import run
+import torch
+from monai.bundle import ConfigParser, run
 
 from monai_probseg.bundle import check_checkpoint_dir
 from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
@@ -81,3 +82,28 @@ def test_check_checkpoint_dir(tmp_path):
     assert check_checkpoint_dir(bundle / "models", bundle, overwrite_shipped=True).endswith("models")
     assert check_checkpoint_dir(bundle / "models", bundle, overwrite_shipped="True").endswith("models")
     assert check_checkpoint_dir(bundle / "models_old", bundle)  # a sibling whose name starts alike is fine
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_init_checkpoint_starts_from_shipped_weights(bundle, tmp_path):
+    """``--init_checkpoint`` fine-tunes from a weights file (e.g. the shipped model) instead of a random start."""
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "train.json"))
+    shipped = os.path.join(BUNDLES_DIR, bundle, "models", "model.pt")
+    parser.update({"init_checkpoint": shipped, "ckpt_dir": str(tmp_path / "ckpt"), "device": "$torch.device('cpu')"})
+    parser.get_parsed_content("initialize")
+    network = parser.get_parsed_content("network")
+    expected = torch.load(shipped, map_location="cpu", weights_only=True)
+    got = network.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "train.json"))
+    parser.update({"init_checkpoint": str(tmp_path / "missing.pt"), "device": "$torch.device('cpu')"})
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("initialize")
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert "missing.pt" in str(cause)
