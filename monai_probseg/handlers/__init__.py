@@ -5,3 +5,4 @@ from __future__ import annotations
 
 from .ema import EMAHandler, ExponentialMovingAverage
 from .sample_metrics import GeneralizedEnergyDistance, lower_is_better
+from .tensorboard_samples import DEFAULT_GRID_KEYS, TensorBoardSampleHandler

@@ -46,6 +46,8 @@ from monai_probseg.data.synthetic._common import (
 from monai_probseg.utils import check_positive_int, make_generator
 
 __all__ = [
+    "LesionModes",
+    "LesionModeNames",
     "ambiguous_lesions_2d",
     "lesion_mode_probabilities",
     "sample_oracle",
@@ -57,6 +59,36 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONTRAST_RANGE = (0.1, 1.0)
+
+
+class LesionModes(list):
+    """The ``"modes"`` of a case, a list of ``(mask, probability)``; a batch keeps one such list per case.
+
+    PyTorch's (and MONAI's) default collate would stack the masks of different cases, whose numbers of modes
+    differ, and fail. The two case entries whose length varies from case to case, ``"modes"`` and
+    ``"mode_names"``, are these list subclasses, registered with PyTorch's default collate so that a batch holds
+    a plain list with one value per case: the cases of :func:`ambiguous_lesions_2d` go straight into MONAI's
+    ``Dataset``/``CacheDataset`` and ``DataLoader`` (``batch["modes"][b]`` is the modes of item ``b``).
+    """
+
+
+class LesionModeNames(list):
+    """The ``"mode_names"`` of a case (a list of str); collated as one list per case (see :class:`LesionModes`)."""
+
+
+def _collate_per_case(batch: Sequence[Any], *, collate_fn_map: dict | None = None) -> list[Any]:
+    return list(batch)
+
+
+def _register_collate() -> None:
+    """Make PyTorch's default collate (used by MONAI's ``list_data_collate``) keep the modes per case."""
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    for kind in (LesionModes, LesionModeNames):
+        default_collate_fn_map.setdefault(kind, _collate_per_case)
+
+
+_register_collate()
 HALO_RANGE = (0.2, 0.8)
 SATELLITE_RANGE = (0.15, 0.85)
 
@@ -190,14 +222,15 @@ def _one_case(
     return {
         "image": image[None].astype(np.float32),
         "label": label,
-        "modes": modes,
-        "mode_names": names,
+        "modes": LesionModes(modes),
+        "mode_names": LesionModeNames(names),
         "annotator_modes": draws.astype(np.int64),
         "case_id": f"lesion-{index:05d}",
         "params": {
             "contrast": contrast,
             "halo": halo,
-            "satellite": satellite if has_satellite else None,
+            "satellite": satellite if has_satellite else float("nan"),
+            "has_satellite": has_satellite,
             "blur": blur,
             "noise": float(noise),
             "center": (float(cy), float(cx)),
@@ -241,14 +274,23 @@ def ambiguous_lesions_2d(
         - ``"mode_names"``: e.g. ``["empty", "tight", "generous", ...]``;
         - ``"annotator_modes"``: int64 ``(K,)`` index into ``"modes"`` of each annotator mask;
         - ``"case_id"``: ``"lesion-00000"``, ...;
-        - ``"params"``: the visible parameters (contrast, halo, satellite, blur, ...) and the choice
-          probabilities ``p_empty``, ``p_generous``, ``p_satellite``.
+        - ``"params"``: the visible parameters (contrast, halo, satellite brightness -- NaN when the image has no
+          satellite, see ``has_satellite`` --, blur, ...) and the choice probabilities ``p_empty``,
+          ``p_generous``, ``p_satellite``; numbers, bools and pairs only, so that they collate.
+
+        The cases go straight into MONAI's ``Dataset``/``DataLoader``: ``"image"``, ``"label"`` and
+        ``"annotator_modes"`` are stacked into batch tensors, ``"case_id"`` becomes a list of str, and
+        ``"modes"`` and ``"mode_names"`` (list subclasses, see :class:`LesionModes`) become lists with one entry
+        per case; ``"params"`` becomes a dict of ``(B,)`` tensors.
 
     Example::
 
         cases = ambiguous_lesions_2d(8, (64, 64), num_annotators=4, seed=0)
         cases[0]["image"].shape, cases[0]["label"].shape  # (1, 64, 64), (4, 64, 64)
         draws = sample_oracle(cases[0], 100, seed=1)  # (100, 64, 64)
+
+        batch = next(iter(monai.data.DataLoader(monai.data.Dataset(cases), batch_size=4)))
+        batch["image"].shape, len(batch["modes"])  # (4, 1, 64, 64), 4
     """
     num_cases = check_positive_int(num_cases, "num_cases")
     size = check_size(spatial_size, 2)

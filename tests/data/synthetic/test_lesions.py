@@ -49,7 +49,7 @@ def test_case_contents(num_classes):
         np.testing.assert_allclose(by_name.get("empty", 0.0), p["p_empty"], atol=1e-12)
         generous = sum(v for k, v in by_name.items() if k.startswith("generous"))
         np.testing.assert_allclose(generous, (1 - p["p_empty"]) * p["p_generous"], atol=1e-12)
-        if p["satellite"] is not None:
+        if p["has_satellite"]:
             sat = sum(v for k, v in by_name.items() if k.endswith("+satellite"))
             np.testing.assert_allclose(sat, (1 - p["p_empty"]) * p["p_satellite"], atol=1e-12)
 
