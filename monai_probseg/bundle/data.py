@@ -34,11 +34,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from monai_probseg.bundle.images import load_voxels, read_geometry
+from monai_probseg.bundle.validation import check_case_id, check_unique_case_ids
 from monai_probseg.data import (
-    NIFTI_EXTENSIONS,
+    IMAGE_EXTENSIONS,
     NoCaseFoldersError,
     brats_datalist,
     case_folder_datalist,
@@ -51,6 +52,7 @@ __all__ = [
     "BundleDatalist",
     "CaseError",
     "check_case_files",
+    "find_non_finite",
     "find_unreadable",
     "scan_case_folders",
 ]
@@ -101,6 +103,7 @@ def _sections(datalist: Mapping[str, Any], base_dir: str, where: str) -> dict[st
     for key, value in datalist.items():
         if isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
             out[key] = [_normalise_item(v, base_dir, f"{where} {key}[{i}]") for i, v in enumerate(value)]
+            check_unique_case_ids(out[key], f"{where} '{key}'")
     return out
 
 
@@ -159,15 +162,16 @@ def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[
     for key in _OPTIONAL_FILES:
         if out.get(key):
             out[key] = absolute(out[key])
-    if not out.get("case_id"):
+    if out.get("case_id") in (None, ""):
         out["case_id"] = _case_id_from_path(images[0])
+    out["case_id"] = check_case_id(out["case_id"], where)
     return out
 
 
 def _case_id_from_path(path: str) -> str:
     name = os.path.basename(path)
-    for ext in NIFTI_EXTENSIONS:
-        if name.endswith(ext):
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
     # BraTS-style "<case>-t1n" -> "<case>"; a plain file name is kept as is
@@ -238,6 +242,15 @@ class BundleDatalist:
         self.split_seed = int(split_seed)
         self._datalist: dict[str, Any] | None = None
         self._root: str | None = None
+        self._source: str | None = None
+        #: what the last :py:meth:`items` call selected: ``{"source", "list", "num_cases", "not_run"}``
+        self.selection: dict[str, Any] = {}
+
+    @property
+    def source(self) -> str:
+        """``"folder"`` (scanned case folders) or ``"datalist"`` (a datalist JSON, also that of synthetic cases)."""
+        self.datalist  # noqa: B018 (resolves)
+        return self._source  # type: ignore[return-value]
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -268,7 +281,7 @@ class BundleDatalist:
             except NoCaseFoldersError:
                 datalist = None
             if datalist is not None:
-                self._root = path
+                self._root, self._source = path, "folder"
                 out = _sections(datalist, path, f"folder '{path}'")
                 logger.info("found %d case(s) in %s", sum(len(v) for v in out.values()), path)
                 return out
@@ -293,7 +306,7 @@ class BundleDatalist:
         if not isinstance(content, Mapping):
             raise ValueError(f"datalist '{path}' must hold a dict of lists (or a list of items), got {type(content)}.")
         base = os.path.abspath(os.path.expanduser(content.get("base_dir", base))) if "base_dir" in content else base
-        self._root = base
+        self._root, self._source = base, "datalist"
         out = _sections(content, base, f"datalist '{path}'")
         logger.info("read datalist %s: %s", path, {k: len(v) for k, v in out.items()})
         return out
@@ -321,7 +334,11 @@ class BundleDatalist:
         return path
 
     def all_items(self) -> list[dict[str, Any]]:
-        """Every case of the data set (all lists, without duplicates), in list order."""
+        """Every case of the data set (all lists, without duplicates), in list order.
+
+        Raises:
+            ConfigError: when two lists use one case id for different images.
+        """
         seen, out = set(), []
         for value in self.datalist.values():
             for item in value:
@@ -329,26 +346,60 @@ class BundleDatalist:
                 if key not in seen:
                     seen.add(key)
                     out.append(item)
+        check_unique_case_ids(out, f"data set '{self.dataset_dir or self.root}'")
         return out
 
     def items(self, key: str | None = None, fallback_to_all: bool = True) -> list[dict[str, Any]]:
-        """The cases of list ``key`` (default ``data_list_key``), or every case when that list is missing or empty.
+        """The cases to run: list ``key`` (default ``data_list_key``), or every case.
+
+        Every case is returned for ``key="all"``, for a scanned **folder** when no ``key`` is passed (its lists only
+        sort the cases by whether they have a label: inference and evaluation run all of them), and when the list is
+        missing or empty (with ``fallback_to_all``). A datalist JSON's list is its own: the cases of its other lists
+        are not run, and the log and :py:attr:`selection` say how many.
 
         Args:
             key: the datalist list to use (``"training"``, ``"validation"``, ``"test"``, ...; ``"all"`` for every case).
             fallback_to_all: return every case when the list is missing or empty (otherwise raise).
         """
+        explicit = key is not None
         key = self.data_list_key if key is None else key
-        if key == "all":
-            return [dict(it) for it in self.all_items()]
-        items = self.datalist.get(key) or []
-        if not items:
-            if not fallback_to_all:
-                raise ValueError(f"the data set has no '{key}' cases; lists found: {sorted(self.datalist)}.")
-            items = self.all_items()
-            logger.info("the data set has no '%s' cases: using all %d case(s)", key, len(items))
+        every = self.all_items()
+        if key == "all" or (self.source == "folder" and not explicit):
+            if self.source == "folder" and key != "all":
+                labelled = sum(1 for it in every if it.get("label") or it.get("raters"))
+                logger.info(
+                    "folder '%s': running all %d case(s) (%d with a label); data_list_key only selects among the "
+                    "lists of a datalist JSON",
+                    self.root,
+                    len(every),
+                    labelled,
+                )
+            items, chosen = every, "all"
+        else:
+            items, chosen = self.datalist.get(key) or [], key
+            if not items:
+                if not fallback_to_all:
+                    raise ValueError(f"the data set has no '{key}' cases; lists found: {sorted(self.datalist)}.")
+                items, chosen = every, "all"
+                logger.info("the data set has no '%s' cases: using all %d case(s)", key, len(items))
         if not items:
             raise ValueError(f"the data set '{self.dataset_dir}' has no cases.")
+        chosen_images = {tuple(it["image"]) for it in items}
+        not_run = {
+            name: sum(1 for it in value if tuple(it["image"]) not in chosen_images)
+            for name, value in self.datalist.items()
+        }
+        not_run = {k: v for k, v in not_run.items() if v}
+        self.selection = {"source": self.source, "list": chosen, "num_cases": len(items), "not_run": not_run}
+        if not_run and not explicit:
+            logger.log(
+                logging.WARNING if self.dataset_dir else logging.INFO,
+                "running the %d '%s' case(s) of %s; not run: %s (pass --data_list_key all to run every case)",
+                len(items),
+                chosen,
+                self.dataset_dir or self.root,
+                ", ".join(f"{v} '{k}' case(s)" for k, v in not_run.items()),
+            )
         return [dict(it) for it in items]
 
     def training_items(self, key: str = "training") -> list[dict[str, Any]]:
@@ -402,6 +453,8 @@ class BundleDatalist:
 def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: float = 1e-3) -> None:
     """Check one case's image files before loading: count, existence, readable headers, equal shapes and affines.
 
+    Files may be NIfTI or any format MONAI's ``ITKReader`` reads (:mod:`monai_probseg.bundle.images`).
+
     Args:
         item: ``{"image": [files], ...}``; a single multi-channel file is accepted as well (its channel count is
             checked after loading).
@@ -420,10 +473,10 @@ def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: f
     names = modalities if len(images) == len(modalities) else ["image"]
     headers = []
     for name, path in zip(names, images):
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise CaseError(f"missing {name} file '{path}'")
         try:
-            headers.append((name, path, nib.load(path)))  # header only
+            headers.append((name, path, read_geometry(path)))  # NIfTI: the header only
         except Exception as e:
             raise CaseError(f"cannot read the {name} file '{path}': {e}") from e
     try:
@@ -436,7 +489,27 @@ def find_unreadable(paths: Sequence[str]) -> str | None:
     """Return a message naming the first file whose voxels cannot be read (e.g. a truncated .nii.gz), else None."""
     for path in paths:
         try:
-            np.asanyarray(nib.load(path).dataobj)
+            load_voxels(path)
         except Exception as e:
             return f"cannot read '{path}' ({type(e).__name__}: {e}); is the file truncated or corrupt?"
     return None
+
+
+def find_non_finite(paths: Sequence[str], names: Sequence[str]) -> str | None:
+    """Count the NaN and Inf voxels of each file as stored (before any normalisation); a message naming them, or None.
+
+    Args:
+        paths: the image files.
+        names: their modality names, for the message.
+    """
+    bad = []
+    for name, path in zip(names, paths):
+        voxels = np.asarray(load_voxels(path), dtype=np.float64)
+        num_nan, num_inf = int(np.isnan(voxels).sum()), int(np.isinf(voxels).sum())
+        if num_nan or num_inf:
+            bad.append(
+                f"{name} file '{os.path.basename(path)}' has {num_nan} NaN and {num_inf} Inf voxel(s) of {voxels.size}"
+            )
+    if not bad:
+        return None
+    return "; ".join(bad) + ": expected finite intensities (set them to 0, e.g. with numpy.nan_to_num, before running)"

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.data import partition_dataset
+from monai.data import DistributedSampler, partition_dataset
 
 __all__ = [
     "default_backend",
@@ -21,6 +21,7 @@ __all__ = [
     "init_distributed",
     "partition_items",
     "rank_and_world_size",
+    "validation_sampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,3 +98,37 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def validation_sampler(
+    dataset: Sequence[Any], num_replicas: int | None = None, rank: int | None = None
+) -> DistributedSampler:
+    """A ``DistributedSampler`` for validation that works with fewer cases than processes.
+
+    Every rank gets its share of the cases without padding (``even_divisible=False``: each case is scored once)
+    when there are at least as many cases as ranks; with fewer, MONAI's sampler would fail ("dataset length is less
+    than the number of participating ranks"), so the list is padded by repeating cases (``even_divisible=True``):
+    every rank validates one case, and the repeated cases weigh more in that epoch's mean (a warning says so).
+
+    Args:
+        dataset: the validation dataset.
+        num_replicas: number of ranks (default: the process group's world size).
+        rank: this rank (default: the process group's rank).
+
+    Example::
+
+        "validate#sampler": "$monai_probseg.bundle.validation_sampler(@validate#dataset)"
+    """
+    if num_replicas is None or rank is None:
+        group_rank, world = rank_and_world_size()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = group_rank if rank is None else rank
+    pad = len(dataset) < num_replicas
+    if pad and rank == 0:
+        logger.warning(
+            "%d validation case(s) for %d processes: repeating cases so that every process validates one (the "
+            "repeated cases count more in the validation mean)",
+            len(dataset),
+            num_replicas,
+        )
+    return DistributedSampler(dataset, even_divisible=pad, num_replicas=num_replicas, rank=rank, shuffle=False)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_probseg.bundle.validation import check_label_values
 from monai_probseg.metrics import (
     BRATS_REGIONS,
     expected_calibration_error,
@@ -65,6 +66,10 @@ def evaluate_case(
         spacing: voxel size per spatial axis (for HD95, in mm); ``None`` is 1.
         num_bins: number of bins of the calibration error.
 
+    Raises:
+        ValueError: ``label`` or ``raters`` hold values outside ``0 .. num_classes - 1`` (naming the values found and
+            the expected labels), or the shapes disagree.
+
     Returns:
         ``{"dice_<region>", "hd95_<region>", "ged", "hm_iou", "diversity_samples", "diversity_raters", "ece"}``
         as floats (NaN where undefined).
@@ -76,6 +81,9 @@ def evaluate_case(
     """
     if label is None and raters is None:
         raise ValueError("evaluate_case needs a consensus label or rater label maps, got neither.")
+    for name, labels in (("label", label), ("raters", raters)):
+        if labels is not None:
+            check_label_values(labels, num_classes, name)  # before any index: no IndexError deep inside a metric
     if raters is None:
         raters = label[None]
     if label is None:

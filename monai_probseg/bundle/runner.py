@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -41,14 +40,16 @@ from monai.transforms import Compose, Invertd
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_files, find_unreadable
+from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_files, find_non_finite, find_unreadable
 from monai_probseg.bundle.distributed import gather_objects, partition_items, rank_and_world_size
 from monai_probseg.bundle.evaluation import evaluate_case, write_metrics
+from monai_probseg.bundle.images import ImageGeometry, load_voxels, read_geometry, save_like
 from monai_probseg.bundle.utils import load_weights
+from monai_probseg.bundle.validation import ConfigError, check_case_id, check_label_values, check_unique_case_ids
 from monai_probseg.metrics import BRATS_REGIONS, DEFAULT_UNCERTAINTY_MAPS
 from monai_probseg.metrics import CASE_OUTPUTS as SAVED_OUTPUTS
 from monai_probseg.metrics.plausibility import plausibility_scores, plausibility_warnings
-from monai_probseg.utils import atomic_writes, write_json_atomic
+from monai_probseg.utils import atomic_writes, remove_stale_partials, write_json_atomic
 
 __all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "format_plausibility", "save_like"]
 
@@ -80,39 +81,6 @@ def format_plausibility(scores: Mapping[str, float]) -> str:
         low, high = scores["sample_volume_ratio_min"], scores["sample_volume_ratio_max"]
         text += f", sample/mean tumour volume {low:.2f}-{high:.2f}"
     return text
-
-
-def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str, dtype: np.dtype | type) -> str:
-    """Write ``array`` as NIfTI with ``reference``'s affine and header (dtype, shape and scaling updated).
-
-    Args:
-        array: ``(*spatial)`` or ``(*spatial, C)`` in the reference's voxel order.
-        reference: the input image whose space the output shares.
-        path: the file to write (``.nii.gz``).
-        dtype: the stored data type.
-
-    Example::
-
-        save_like(seg, nib.load("case-t1n.nii.gz"), "out/case_seg.nii.gz", np.uint8)
-    """
-    spatial_dims = min(len(reference.shape), 3)
-    if tuple(array.shape[:spatial_dims]) != tuple(reference.shape[:spatial_dims]):
-        raise ValueError(
-            f"output of shape {array.shape} does not match the input's spatial shape {reference.shape[:spatial_dims]}."
-        )
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    header.set_data_shape(array.shape)
-    zooms = tuple(reference.header.get_zooms()[:spatial_dims]) + (1.0,) * (array.ndim - spatial_dims)
-    header.set_zooms(zooms)
-    header["cal_min"], header["cal_max"] = 0, 0
-    header["descrip"] = b"monai_probseg"
-    image = type(reference)(np.asarray(array, dtype=dtype), reference.affine, header=header)
-    image.header.set_slope_inter(None, None)  # no scaling: the stored values are the values
-    image.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-    image.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
-    nib.save(image, path)
-    return path
 
 
 class ProbSegInferenceRunner:
@@ -237,6 +205,9 @@ class ProbSegInferenceRunner:
                 self._check_writable()
             return items
         items = [dict(it) for it in self.data]
+        for i, it in enumerate(items):
+            it["case_id"] = check_case_id(it.get("case_id"), f"data[{i}]")
+        check_unique_case_ids(items, "data")
         folders = set()
         for it in items:
             for p in [*it["image"], *([it["label"]] if it.get("label") else []), *(it.get("raters") or [])]:
@@ -260,7 +231,39 @@ class ProbSegInferenceRunner:
                 f"the image has {image.shape[0]} channel(s) after loading (shape {tuple(image.shape)}), expected "
                 f"{expected} ({', '.join(self.modalities)})"
             )
+        if not torch.isfinite(torch.as_tensor(image)).all():
+            names = self.modalities if len(item["image"]) == expected else ["image"]
+            raise CaseError(
+                find_non_finite(item["image"], names)
+                or "the image holds NaN/Inf values after preprocessing although its files are finite: check the "
+                "bundle's preprocessing"
+            )
+        self._check_resampling(item, image)
         return image
+
+    def _check_resampling(self, item: Mapping[str, Any], image: torch.Tensor) -> None:
+        """Refuse a preprocessing that collapses an axis of the input (e.g. a 0.02 mm voxel resampled to 1 mm)."""
+        reference = read_geometry(item["image"][0])
+        spatial_dims = image.ndim - 1
+        before = [int(v) for v in reference.shape[:spatial_dims]]
+        after = [int(v) for v in image.shape[1:]]
+        spacing = tuple(round(v, 4) for v in reference.spacing[:spatial_dims])
+        where = f"the file '{os.path.basename(item['image'][0])}' (shape {tuple(before)}, voxel size {spacing} mm)"
+        if sum(v <= 2 for v in after) > sum(v <= 2 for v in before):
+            raise CaseError(
+                f"preprocessing resamples {where} to shape {tuple(after)}: an axis collapses to {min(after)} "
+                "voxel(s); expected every axis to keep at least 3 voxels: is the voxel size in the header right "
+                "(mm), or the bundle's Spacingd pixdim?"
+            )
+        ratio = float(np.prod(after)) / max(float(np.prod(before)), 1.0)
+        if ratio < 1.0 / 8.0:
+            logger.warning(
+                "case '%s': preprocessing resamples %s to shape %s (%.1f%% of the voxels): check the voxel size",
+                item["case_id"],
+                where,
+                tuple(after),
+                100 * ratio,
+            )
 
     def _infer(self, image: MetaTensor) -> dict[str, MetaTensor]:
         device = self.device if self.device is not None else next(self.network.parameters()).device
@@ -294,12 +297,31 @@ class ProbSegInferenceRunner:
         arr = np.moveaxis(arr, 0, -1)  # channel first -> last, as NIfTI stores vectors / 4D series
         return arr[..., 0] if arr.shape[-1] == 1 else arr
 
+    def _case_files(self, case_id: str) -> list[str]:
+        """The output files of a case under their final names."""
+        return [os.path.join(self.output_dir, f"{case_id}_{key}.nii.gz") for key in SAVED_OUTPUTS]
+
+    def _remove_outputs(self, case_id: str) -> list[str]:
+        """Remove a case's outputs of an earlier run (it failed or was skipped now: they would be stale)."""
+        removed = []
+        for path in self._case_files(case_id):
+            if os.path.isfile(path):
+                os.remove(path)
+                removed.append(os.path.basename(path))
+        if removed:
+            logger.warning(
+                "case '%s': removed its outputs of an earlier run so that no stale result remains: %s",
+                case_id,
+                ", ".join(removed),
+            )
+        return removed
+
     def _run_case(self, item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float] | None]:
         start = time.perf_counter()
         case_id = str(item["case_id"])
         image = self._preprocess(item)
         maps = self._infer(image)
-        reference = nib.load(item["image"][0])
+        reference = read_geometry(item["image"][0])
         spatial_dims = image.ndim - 1
         arrays = {k: self._to_array(v) for k, v in maps.items()}
         ref_shape = tuple(reference.shape[:spatial_dims])
@@ -320,17 +342,24 @@ class ProbSegInferenceRunner:
                 f"{np.round(reference.affine, 3).tolist()}."
             )
 
-        scores = None
-        if self.evaluate:
-            scores = self._evaluate(item, maps, reference, spatial_dims)
-
-        written = {}
+        written, overwritten = {}, []
         with atomic_writes(self.output_dir) as staged:  # every file is moved into place once all are complete
             for key in self.outputs:
                 dtype = np.uint8 if key in _LABEL_OUTPUTS else np.float32
                 name = f"{case_id}_{key}.nii.gz"
                 save_like(arrays[key], reference, staged(name), dtype)
                 written[key] = os.path.join(self.output_dir, name)
+                if os.path.exists(written[key]):
+                    overwritten.append(name)
+        if overwritten:
+            logger.info("case '%s': overwrote the outputs of an earlier run (%d files)", case_id, len(overwritten))
+
+        scores, evaluation_error = None, None
+        if self.evaluate:  # after the maps are written: a bad label file does not lose them
+            try:
+                scores = self._evaluate(item, maps, reference, spatial_dims)
+            except Exception as e:
+                evaluation_error = str(e) if isinstance(e, CaseError) else _root_cause(e)
 
         voxel = float(abs(np.linalg.det(reference.affine[:spatial_dims, :spatial_dims])))
         seg = arrays["seg"] if "seg" in arrays else None
@@ -352,11 +381,14 @@ class ProbSegInferenceRunner:
             "warnings": plausibility_warnings(plausibility, self.plausibility_limits) if plausibility else [],
             "inputs": {"image": list(item["image"]), "label": item.get("label"), "raters": item.get("raters") or []},
             "outputs": written,
+            "overwritten": overwritten,
         }
+        if evaluation_error is not None:
+            summary["evaluation_error"] = evaluation_error
         return summary, scores
 
     def _plausibility(
-        self, item: Mapping[str, Any], arrays: Mapping[str, np.ndarray], reference: Any, spatial_dims: int
+        self, item: Mapping[str, Any], arrays: Mapping[str, np.ndarray], reference: ImageGeometry, spatial_dims: int
     ) -> dict[str, float]:
         """Plausibility figures of the case's maps (:func:`~monai_probseg.metrics.plausibility_scores`), in mm.
 
@@ -373,22 +405,24 @@ class ProbSegInferenceRunner:
             samples = samples[None] if samples.ndim == spatial_dims else np.moveaxis(samples, -1, 0)
             samples = np.isin(samples, labels)
         if item.get("brainmask"):
-            brain = np.asanyarray(nib.load(item["brainmask"]).dataobj).reshape(tumour.shape) > 0
+            brain = np.asarray(load_voxels(item["brainmask"])).reshape(tumour.shape) > 0
         else:
             brain = np.zeros(tumour.shape, dtype=bool)
             for path in item["image"]:
-                data = np.asanyarray(nib.load(path).dataobj)
+                data = np.asarray(load_voxels(path))
                 if data.size == brain.size:  # a multi-channel file would not be one modality: leave it out
                     brain |= data.reshape(brain.shape) != 0
-        spacing = tuple(float(z) for z in reference.header.get_zooms()[:spatial_dims])
+        spacing = reference.spacing[:spatial_dims]
         return plausibility_scores(arrays["entropy"], tumour, samples=samples, brain=brain, spacing=spacing)
 
     def _evaluate(
-        self, item: Mapping[str, Any], maps: Mapping[str, torch.Tensor], reference: Any, spatial_dims: int
+        self, item: Mapping[str, Any], maps: Mapping[str, torch.Tensor], reference: ImageGeometry, spatial_dims: int
     ) -> dict[str, float]:
+        num_classes = int(maps["prob"].shape[0])
+
         def load(path: str, what: str) -> torch.Tensor:
             try:
-                arr = np.asanyarray(nib.load(path).dataobj)
+                arr = np.asarray(load_voxels(path))
             except Exception as e:
                 raise CaseError(f"cannot read the {what} file '{path}': {_root_cause(e)}") from e
             arr = (
@@ -401,23 +435,25 @@ class ProbSegInferenceRunner:
                     f"the {what} file '{os.path.basename(path)}' has shape {arr.shape}, expected the image's "
                     f"{tuple(reference.shape[:spatial_dims])}"
                 )
-            return torch.as_tensor(np.rint(arr).astype(np.int64))
+            labels = np.rint(arr).astype(np.int64)
+            try:
+                check_label_values(labels, num_classes, f"the {what} file '{path}'")
+            except ValueError as e:
+                raise CaseError(str(e)) from None
+            return torch.as_tensor(labels)
 
         label = load(item["label"], "label") if item.get("label") else None
         raters = item.get("raters") or []
         rater_maps = torch.stack([load(p, "rater") for p in raters]) if raters else None
-        if label is None and rater_maps is None:
-            raise CaseError("has no label and no raters to evaluate against")
-        spacing = [float(z) for z in reference.header.get_zooms()[:spatial_dims]]
         return evaluate_case(
             maps["seg"][0].long(),
             maps["prob"],
             maps["samples"].long(),
             label,
             rater_maps,
-            num_classes=int(maps["prob"].shape[0]),
+            num_classes=num_classes,
             regions=self.regions,
-            spacing=spacing,
+            spacing=list(reference.spacing[:spatial_dims]),
         )
 
     # ------------------------------------------------------------------ the run
@@ -425,34 +461,43 @@ class ProbSegInferenceRunner:
         """Process every case (this rank's share under torch.distributed); see the class docstring.
 
         Returns:
-            ``{"cases": [per-case summary], "failed": {case_id: message}, "metrics": {case_id: scores}}`` over all
-            ranks (``metrics`` only with ``evaluate``).
+            ``{"cases": [summary of each written case], "failed": {case_id: message}, "skipped": {case_id: reason},
+            "case_status": [{"case_id", "status", ...} for every case], "metrics": {case_id: scores}}`` over all
+            ranks (``metrics`` only with ``evaluate``). ``status`` is ``"written"``, ``"evaluation_failed"`` (maps
+            written, not scored), ``"failed"`` or ``"skipped"``.
 
         Raises:
-            ValueError: the output folder is not writable or is an input folder, or the data set cannot be read
-                (before any work; ``SystemExit`` with the message when ``on_failure="exit"``).
+            ValueError: a setting, the checkpoint, the output folder or the data set is wrong (before any work; an
+                output folder created for the run is removed again; ``SystemExit`` with the message when
+                ``on_failure="exit"``).
             SystemExit: (``on_failure="exit"``) some cases failed, after all others were written.
             InferenceFailedError: (``on_failure="raise"``) the same.
         """
-        if self.evaluate and not {"seg", "prob", "samples"} <= set(self.outputs):
-            raise ValueError(f"evaluate needs the 'seg', 'prob' and 'samples' outputs, got {self.outputs}.")
+        existed = os.path.isdir(self.output_dir)
         try:
+            if self.evaluate and not {"seg", "prob", "samples"} <= set(self.outputs):
+                raise ConfigError(f"evaluate needs the 'seg', 'prob' and 'samples' outputs, got {self.outputs}.")
+            if self.device is not None:
+                self.network.to(self.device)
+            if self.checkpoint is not None:
+                try:
+                    load_weights(self.network, self.checkpoint)
+                except RuntimeError as e:  # the weights do not fit: a setting, not a crash
+                    raise ConfigError(str(e)) from e
             items = self._items()
         except (ValueError, FileNotFoundError) as e:
+            if not existed and os.path.isdir(self.output_dir) and not os.listdir(self.output_dir):
+                os.rmdir(self.output_dir)  # leave no empty output folder behind
             if self.on_failure == "exit":  # a one-line message for the command line, no traceback
-                raise SystemExit(f"error: {e}") from None
+                raise SystemExit(f"error: {' '.join(str(e).split())}") from None
             raise
         ids = [str(it["case_id"]) for it in items]
-        duplicates = sorted({c for c in ids if ids.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"case ids must be unique (they name the output files), got duplicates {duplicates}.")
         rank, world = rank_and_world_size()
         mine = partition_items(items)
-        if self.checkpoint is not None:
-            load_weights(self.network, self.checkpoint)
-        if self.device is not None:
-            self.network.to(self.device)
         self.network.eval()
+        for path in remove_stale_partials(self.output_dir):
+            logger.warning("removed '%s', the unfinished outputs of a killed run", path)
+        selection = dict(getattr(self.data, "selection", {}) or {})
         logger.info(
             "inference on %d case(s)%s -> %s",
             len(mine),
@@ -460,18 +505,31 @@ class ProbSegInferenceRunner:
             self.output_dir,
         )
 
-        summaries, failed, metrics = [], {}, {}
+        summaries, failed, skipped, metrics, status = [], {}, {}, {}, {}
         with logging_redirect_tqdm():
             for item in tqdm(mine, desc="cases", unit="case", disable=not self.progress):
                 case_id = str(item["case_id"])
+                if self.evaluate and not item.get("label") and not item.get("raters"):
+                    skipped[case_id] = "no label and no raters to evaluate against"
+                    status[case_id] = {"status": "skipped", "message": skipped[case_id]}
+                    status[case_id]["removed_stale"] = self._remove_outputs(case_id)
+                    logger.warning("case '%s' skipped: %s", case_id, skipped[case_id])
+                    continue
                 try:
                     summary, scores = self._run_case(item)
                 except Exception as e:
                     message = str(e) if isinstance(e, CaseError) else _root_cause(e)
                     failed[case_id] = message
                     logger.error("case '%s' failed: %s", case_id, message)
+                    status[case_id] = {"status": "failed", "message": message}
+                    status[case_id]["removed_stale"] = self._remove_outputs(case_id)
                     continue
                 summaries.append(summary)
+                status[case_id] = {"status": "written", "overwritten": summary["overwritten"]}
+                if "evaluation_error" in summary:
+                    failed[case_id] = f"maps written, not evaluated: {summary['evaluation_error']}"
+                    status[case_id] = {**status[case_id], "status": "evaluation_failed", "message": failed[case_id]}
+                    logger.error("case '%s': %s", case_id, failed[case_id])
                 if scores is not None:
                     metrics[case_id] = scores
                 vols = ", ".join(f"{k} {v:.2f} {summary['volume_unit']}" for k, v in summary["volumes"].items())
@@ -489,24 +547,51 @@ class ProbSegInferenceRunner:
                         "case '%s': the samples and maps look implausible: %s", case_id, "; ".join(summary["warnings"])
                     )
 
-        gathered = gather_objects((summaries, failed, metrics))
+        gathered = gather_objects((summaries, failed, skipped, metrics, status))
         summaries = sorted((s for g in gathered for s in g[0]), key=lambda s: ids.index(s["case_id"]))
-        failed = {k: v for g in gathered for k, v in g[1].items()}
-        all_metrics = {k: v for g in gathered for k, v in g[2].items()}
+        failed = {k: g[1][k] for k in ids for g in gathered if k in g[1]}
+        skipped = {k: g[2][k] for k in ids for g in gathered if k in g[2]}
+        all_metrics = {k: v for g in gathered for k, v in g[3].items()}
+        all_status = {k: v for g in gathered for k, v in g[4].items()}
         metrics = {k: all_metrics[k] for k in ids if k in all_metrics}
+        case_status = [{"case_id": k, **all_status[k]} for k in ids if k in all_status]
         implausible = [s["case_id"] for s in summaries if s["warnings"]]
-        result: dict[str, Any] = {"cases": summaries, "failed": failed, "implausible": implausible}
+        overwritten = [s["case_id"] for s in summaries if s["overwritten"]]
+        result: dict[str, Any] = {
+            "cases": summaries,
+            "failed": failed,
+            "skipped": skipped,
+            "implausible": implausible,
+            "overwritten": overwritten,
+            "case_status": case_status,
+        }
         if rank == 0:
             write_json_atomic(
-                {"output_dir": self.output_dir, "num_cases": len(items), **result},
+                {"output_dir": self.output_dir, "num_cases": len(items), "selection": selection, **result},
                 os.path.join(self.output_dir, "inference_summary.json"),
             )
         if self.evaluate:
             result["metrics"] = metrics
             if rank == 0:
-                json_path, csv_path = write_metrics(metrics, self.output_dir, extra={"failed": failed})
+                extra = {"failed": failed, "skipped": skipped}
+                json_path, csv_path = write_metrics(metrics, self.output_dir, extra=extra)
                 logger.info("metrics of %d case(s): %s, %s", len(metrics), json_path, csv_path)
-        logger.info("wrote the outputs of %d of %d case(s) to %s", len(summaries), len(items), self.output_dir)
+        counts = {s: sum(c["status"] == s for c in case_status) for s in ("written", "evaluation_failed", "failed")}
+        logger.info(
+            "wrote the outputs of %d of %d case(s) to %s (%d failed, %d skipped%s)",
+            counts["written"] + counts["evaluation_failed"],
+            len(items),
+            self.output_dir,
+            counts["failed"],
+            len(skipped),
+            f", {len(overwritten)} overwriting an earlier run" if overwritten else "",
+        )
+        if skipped:
+            logger.warning(
+                "%d case(s) skipped (see 'case_status' in inference_summary.json): %s",
+                len(skipped),
+                "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+            )
         if implausible:
             logger.warning(
                 "%d case(s) with implausible samples or maps (see 'warnings' in inference_summary.json): %s",

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from monai_probseg.bundle.validation import ConfigError
+
 __all__ = ["bundle_root", "latest_checkpoint", "load_weights"]
 
 logger = logging.getLogger(__name__)
@@ -61,19 +63,39 @@ def bundle_root(name: str) -> str:
     return cwd
 
 
-def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint*.pt") -> str | None:
-    """The most recently written checkpoint in ``ckpt_dir`` matching ``pattern``, ``None`` if there is none.
+def latest_checkpoint(
+    ckpt_dir: str | os.PathLike, pattern: str = "checkpoint*.pt", required: bool = True
+) -> str | None:
+    """The most recently written checkpoint in ``ckpt_dir`` matching ``pattern``.
 
     Args:
         ckpt_dir: the checkpoint folder.
         pattern: glob pattern of the checkpoint files (``CheckpointSaver``'s epoch checkpoints by default).
+        required: raise when there is none (the training configs' ``--resume True``); otherwise return ``None``.
+
+    Raises:
+        ConfigError: (``required``) no file matches, naming the folder.
 
     Example::
 
         "resume_from": "$monai_probseg.bundle.latest_checkpoint(@ckpt_dir)"
     """
-    files = glob.glob(os.path.join(os.fspath(ckpt_dir), pattern))
-    return max(files, key=os.path.getmtime) if files else None
+    folder = os.fspath(ckpt_dir)
+    files = glob.glob(os.path.join(folder, pattern))
+    if files:
+        return max(files, key=os.path.getmtime)
+    if required:
+        state = "does not exist" if not os.path.isdir(folder) else "holds no file matching " + repr(pattern)
+        raise ConfigError(
+            f"--resume: ckpt_dir '{folder}' {state}: expected the checkpoints of an earlier run; pass that run's "
+            "--ckpt_dir, or train without --resume."
+        )
+    return None
+
+
+def _key_list(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, key: str = "model") -> torch.nn.Module:
@@ -86,7 +108,8 @@ def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, key: s
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        RuntimeError: when the weights do not fit the network (naming the file).
+        RuntimeError: when the file is not a checkpoint or its weights do not fit the network (one line naming the
+            file, the network and how many keys are missing, unexpected or of another shape).
 
     Example::
 
@@ -98,15 +121,25 @@ def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, key: s
             f"checkpoint '{path}' does not exist: train the bundle (configs/train.json) or pass --checkpoint <file>."
         )
     device = next(network.parameters()).device
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        detail = " ".join(str(e).split())[:200]
+        raise RuntimeError(f"checkpoint '{path}' cannot be read as torch weights ({type(e).__name__}: {detail})") from e
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
     module = network.module if hasattr(network, "module") else network
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
+    if not isinstance(state, dict):
+        raise RuntimeError(f"checkpoint '{path}' holds a {type(state).__name__}, expected a state dict of weights.")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
         raise RuntimeError(
-            f"the weights in '{path}' do not fit the network {type(module).__name__}: is network_def the one the "
-            f"checkpoint was trained with? {e}"
-        ) from e
+            f"the weights in '{path}' do not fit the network {type(module).__name__}: {_key_list(missing)} missing, "
+            f"{_key_list(unexpected)} unexpected, {_key_list(mismatched)} of another shape; is network_def the one "
+            "the checkpoint was trained with?"
+        )
+    module.load_state_dict(state)
     return network

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from .datalists import (
     BRATS_MODALITIES,
+    IMAGE_EXTENSIONS,
     NIFTI_EXTENSIONS,
     NoCaseFoldersError,
     brats_datalist,
     case_folder_datalist,
+    find_image,
     find_nifti,
     lidc_datalist,
     multi_annotator_datalist,

@@ -39,10 +39,12 @@ from monai_probseg.utils import atomic_writes, write_json_atomic
 
 __all__ = [
     "BRATS_MODALITIES",
+    "IMAGE_EXTENSIONS",
     "NIFTI_EXTENSIONS",
     "NoCaseFoldersError",
     "brats_datalist",
     "case_folder_datalist",
+    "find_image",
     "find_nifti",
     "lidc_datalist",
     "qubiq_datalist",
@@ -63,24 +65,49 @@ _BRATS_ET_LABEL = {"2023": 3, "2021": 4, "2020": 4}
 _BRATS_SEP = {"2023": "-", "2021": "_", "2020": "_"}
 #: file name endings read as NIfTI, in the order they are looked for
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: file name endings of the images a case may be made of: NIfTI, and what MONAI's ``ITKReader`` reads (NRRD,
+#: MetaImage); a DICOM series is a folder named like the file would be, without an ending
+IMAGE_EXTENSIONS = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class NoCaseFoldersError(FileNotFoundError):
     """A data folder holds no case folders of the expected layout (the message names the folder and the layout)."""
 
 
+def find_image(
+    folder: PathLike, stem: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, series: bool = True
+) -> Path | None:
+    """Return the image ``folder/stem<ext>`` for the first ending of ``extensions`` that exists, else ``None``.
+
+    Args:
+        folder: the folder to look in.
+        stem: the file name without its ending.
+        extensions: the endings looked for, in order (default :data:`IMAGE_EXTENSIONS`).
+        series: also accept a non-empty folder ``folder/stem`` (a DICOM series) when no file is found.
+
+    Example::
+
+        find_image("/data/BraTS-GLI-00000-000", "BraTS-GLI-00000-000-t1n")  # .../BraTS-GLI-00000-000-t1n.nii.gz
+    """
+    for ext in extensions:
+        path = Path(folder) / f"{stem}{ext}"
+        if path.is_file():
+            return path
+    path = Path(folder) / stem
+    if series and path.is_dir() and any(p.is_file() for p in path.iterdir()):
+        return path
+    return None
+
+
 def find_nifti(folder: PathLike, stem: str) -> Path | None:
-    """Return ``folder/stem.nii.gz`` or ``folder/stem.nii`` if one exists, else ``None``.
+    """Return ``folder/stem.nii.gz`` or ``folder/stem.nii`` if one exists, else ``None`` (:func:`find_image` for
+    NIfTI only).
 
     Example::
 
         find_nifti("/data/BraTS-GLI-00000-000", "BraTS-GLI-00000-000-t1n")  # .../BraTS-GLI-00000-000-t1n.nii.gz
     """
-    for ext in NIFTI_EXTENSIONS:
-        path = Path(folder) / f"{stem}{ext}"
-        if path.is_file():
-            return path
-    return None
+    return find_image(folder, stem, NIFTI_EXTENSIONS, series=False)
 
 
 def _check_root(root: PathLike, what: str) -> Path:
@@ -214,7 +241,7 @@ def _case_item(
     case_id = folder.name
     images = []
     for m in modalities:
-        path = find_nifti(folder, f"{case_id}{sep}{m}")
+        path = find_image(folder, f"{case_id}{sep}{m}")
         if path is None:
             if not allow_missing:
                 raise FileNotFoundError(
@@ -225,19 +252,20 @@ def _case_item(
         images.append(path)
     item: dict[str, Any] = {"case_id": case_id, "image": [str(p) for p in images]}
     files = [p for p in images if p.is_file()]
-    seg = find_nifti(folder, f"{case_id}{sep}{label}") if label else None
+    seg = find_image(folder, f"{case_id}{sep}{label}") if label else None
     if seg is not None:
         item["label"] = str(seg)
         files.append(seg)
     if rater:
-        pattern = re.compile(re.escape(f"{case_id}{sep}{rater}") + r"(\d+)\.nii(?:\.gz)?")
+        endings = "|".join(re.escape(e) for e in IMAGE_EXTENSIONS)
+        pattern = re.compile(re.escape(f"{case_id}{sep}{rater}") + rf"(\d+)(?:{endings})")
         fmt = f"{case_id}{sep}{rater}{{}}.nii.gz"
         raters = _annotator_files(folder, pattern, case_id, what, fmt, allow_missing)
         if raters:
             item["raters"] = [str(p) for p in raters]
             files.extend(p for p in raters if p.is_file())
     for key in optional:
-        path = find_nifti(folder, f"{case_id}{sep}{key}")
+        path = find_image(folder, f"{case_id}{sep}{key}")
         if path is not None:
             item[key] = str(path)
             files.append(path)
@@ -301,7 +329,7 @@ def case_folder_datalist(
     stems = [*modalities, *([label] if label else [])]
 
     def detect(folder: Path) -> str | None:
-        return "case" if any(find_nifti(folder, f"{folder.name}{sep}{s}") for s in stems) else None
+        return "case" if any(find_image(folder, f"{folder.name}{sep}{s}") for s in stems) else None
 
     cases = _case_dirs(root_path, detect)
     if not cases:
@@ -323,9 +351,9 @@ def case_folder_datalist(
 def _brats_convention(folder: Path) -> str | None:
     """``"2023"``, ``"2020"``, ``"2021"`` or ``"legacy"`` from the file names in a case folder, ``None`` if none."""
     name = folder.name
-    if any(find_nifti(folder, f"{name}-{m}") for m in (*BRATS_MODALITIES["2023"], "seg")):
+    if any(find_image(folder, f"{name}-{m}") for m in (*BRATS_MODALITIES["2023"], "seg")):
         return "2023"
-    if any(find_nifti(folder, f"{name}_{m}") for m in (*BRATS_MODALITIES["2020"], "seg")):
+    if any(find_image(folder, f"{name}_{m}") for m in (*BRATS_MODALITIES["2020"], "seg")):
         if name.startswith("BraTS20_"):
             return "2020"
         if name.startswith("BraTS2021_"):

@@ -21,7 +21,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_writes", "to_jsonable", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "PARTIAL_PREFIX",
+    "atomic_write",
+    "atomic_writes",
+    "remove_stale_partials",
+    "to_jsonable",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+#: prefix of the temporary folders of :func:`atomic_writes`: ``.partial-<pid>-<random>``
+PARTIAL_PREFIX = ".partial-"
 
 
 @contextlib.contextmanager
@@ -31,7 +42,8 @@ def atomic_writes(folder: str | os.PathLike) -> Iterator[Callable[[str], str]]:
     Yields ``staged(name)``, the temporary path to write the file ``name`` to (same file name, so writers that pick
     the format from the extension, such as ``nibabel.save``, work). When the block ends without an error every
     staged file is moved to ``folder/name`` with ``os.replace``, in the order staged; on an error none is. The
-    temporary folder (``folder/.partial-*``) is removed in both cases.
+    temporary folder (``folder/.partial-<pid>-*``) is removed in both cases; one left by a killed process is removed
+    by :func:`remove_stale_partials`.
 
     Args:
         folder: the destination folder (created if missing).
@@ -47,7 +59,7 @@ def atomic_writes(folder: str | os.PathLike) -> Iterator[Callable[[str], str]]:
     """
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".partial-", dir=folder)
+    tmp = tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=folder)
     names: list[str] = []
 
     def staged(name: str) -> str:
@@ -64,6 +76,50 @@ def atomic_writes(folder: str | os.PathLike) -> Iterator[Callable[[str], str]]:
             os.replace(os.path.join(tmp, name), os.path.join(folder, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary folders that killed runs of :func:`atomic_writes` left in ``folder``.
+
+    A folder ``.partial-<pid>-*`` is stale when process ``pid`` no longer runs on this machine (older folders without
+    a pid, ``.partial-<random>``, are stale too); folders of running processes (another rank writing into the same
+    ``folder``) are kept.
+
+    Args:
+        folder: the folder to clean (nothing happens when it does not exist).
+
+    Returns:
+        the folders removed.
+
+    Example::
+
+        for path in remove_stale_partials("outputs/brats_ssn"):
+            logger.warning("removed %s, left by a killed run", path)
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.startswith(PARTIAL_PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        pid = name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and "-" in name[len(PARTIAL_PREFIX) :] and _process_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
