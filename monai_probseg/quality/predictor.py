@@ -1,0 +1,156 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Predict one case's segmentation quality from the stage-1 inferer's outputs and write its ``<case>_quality.json``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_probseg.metrics.quality import DEFAULT_FAILURE_THRESHOLD, quality_report, quality_scores
+from monai_probseg.metrics.regions import BRATS_REGIONS
+from monai_probseg.networks.nets.quality_net import SegmentationQualityNet
+from monai_probseg.quality.data import quality_net_inputs, score_names, score_vector
+
+__all__ = ["QualityPredictor"]
+
+#: scores reported in every quality JSON (more are computed)
+REPORTED_SCORES = (
+    "mean_entropy",
+    "mean_mutual_info",
+    "sample_dice_agreement",
+    "ged_to_mean",
+    "uncertainty_volume_ratio",
+)
+
+
+class QualityPredictor:
+    """Stage 2 of DeVries & Taylor (2018): the predicted Dice per region and a failure flag for one case.
+
+    It computes the scalar scores (:py:func:`~monai_probseg.metrics.quality_scores`), builds the network input
+    (:py:func:`~monai_probseg.quality.quality_net_inputs`) and runs the :py:class:`~monai_probseg.networks.nets.
+    SegmentationQualityNet`. A case whose standardised scores lie far outside those of the training cases (any
+    ``|z| > ood_z``, with the statistics stored in the network's ``score_mean`` / ``score_std`` buffers) is unlike
+    anything the predictor saw: it is reported with ``"out_of_distribution": true`` and flagged as a failure rather
+    than trusted.
+
+    Args:
+        network: the quality network (its ``num_scores`` must be 0 or ``len(score_names(regions))``).
+        checkpoint: path of its state dict (e.g. ``bundles/brats_ssn/models/quality_model.pt``); ``None`` if the
+            network already holds its weights.
+        regions: region name -> labels, in the order of the network's outputs.
+        input_size: spatial size of the network input.
+        failure_threshold: predicted mean Dice below which a case is flagged.
+        ood_z: z-score beyond which a score is out of distribution (``None``: no check).
+        device: where the network runs.
+
+    Example::
+
+        predictor = QualityPredictor(SegmentationQualityNet(3, 10, 3, num_scores=18), "models/quality_model.pt")
+        out = inferer(image, network)  # keep_samples=True, outputs include prob, entropy, mutual_info
+        report = predictor("BraTS-0001", image, out)  # the <case>_quality.json dict
+    """
+
+    def __init__(
+        self,
+        network: SegmentationQualityNet,
+        checkpoint: str | os.PathLike | None = None,
+        regions: Mapping[str, Sequence[int]] = BRATS_REGIONS,
+        input_size: Sequence[int] = (32, 32, 32),
+        failure_threshold: float = DEFAULT_FAILURE_THRESHOLD,
+        ood_z: float | None = 8.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.regions = dict(regions)
+        self.names = score_names(self.regions)
+        if network.num_regions != len(self.regions):
+            raise ValueError(
+                f"the quality network predicts {network.num_regions} regions, expected {len(self.regions)} "
+                f"({tuple(self.regions)})."
+            )
+        if network.num_scores not in (0, len(self.names)):
+            raise ValueError(f"the quality network takes {network.num_scores} scores, expected 0 or {len(self.names)}.")
+        self.device = torch.device(device)
+        if checkpoint is not None:
+            state = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+            if isinstance(state, Mapping) and "model" in state and not any(k.startswith("encoder") for k in state):
+                state = state["model"]
+            network.load_state_dict(state)
+        self.network = network.to(self.device).eval()
+        self.input_size = tuple(int(s) for s in input_size)
+        self.failure_threshold = float(failure_threshold)
+        self.ood_z = ood_z
+
+    def predict(
+        self, image: torch.Tensor, outputs: Mapping[str, torch.Tensor], brain: torch.Tensor | None = None
+    ) -> tuple[dict[str, float], dict[str, float], bool]:
+        """Predicted Dice per region, all scores, and whether the case is out of distribution.
+
+        Args:
+            image: the stage-1 network input ``(1, C_img, *spatial)`` (after preprocessing, before any inversion).
+            outputs: the inferer's outputs for it, ``prob`` ``(1, C, *spatial)``, ``entropy`` and ``mutual_info``
+                ``(1, 1, *spatial)``, and ``samples`` ``(1, N, *spatial)`` (optional: sample scores are then 0-filled
+                and the case is flagged out of distribution when the network needs them).
+            brain: optional ``(*spatial)`` brain mask (default: the non-zero voxels of ``image``).
+        """
+        for key in ("prob", "entropy", "mutual_info"):
+            if key not in outputs:
+                raise KeyError(f"outputs miss {key!r}; the inferer must return prob, entropy and mutual_info.")
+        if image.ndim < 3 or image.shape[0] != 1:
+            raise ValueError(f"image must have shape (1, C_img, *spatial) (one case), got {tuple(image.shape)}.")
+        image = image.detach().float().cpu()
+        prob = outputs["prob"].detach().float().cpu()
+        entropy = outputs["entropy"].detach().float().cpu()
+        mutual_info = outputs["mutual_info"].detach().float().cpu()
+        samples = outputs.get("samples")
+        samples = None if samples is None else samples.detach().cpu()[0]
+        if brain is None:
+            brain = image[0].ne(0).any(0)
+        scores = quality_scores(prob[0], entropy[0], mutual_info[0], samples, self.regions, brain)
+        missing = samples is None
+        full = {name: scores.get(name, 0.0) for name in self.names}
+        vector = torch.from_numpy(score_vector(full, self.regions))[None]
+        x = quality_net_inputs(image, prob, entropy, mutual_info, self.input_size)
+        out_of_distribution = False
+        with torch.no_grad():
+            if self.network.num_scores > 0:
+                z = (vector - self.network.score_mean.cpu()) / self.network.score_std.cpu()
+                if self.ood_z is not None and bool((z.abs() > self.ood_z).any()):
+                    out_of_distribution = True
+                out_of_distribution |= missing
+                dice = self.network(x.to(self.device), vector.to(self.device))[0].cpu()
+            else:
+                dice = self.network(x.to(self.device))[0].cpu()
+        if not np.isfinite(dice.numpy()).all():
+            out_of_distribution = True
+            dice = torch.zeros_like(dice)
+        return {name: float(dice[r]) for r, name in enumerate(self.regions)}, scores, out_of_distribution
+
+    def __call__(
+        self,
+        case_id: str,
+        image: torch.Tensor,
+        outputs: Mapping[str, torch.Tensor],
+        brain: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The ``<case>_quality.json`` dict of one case (see :py:func:`~monai_probseg.metrics.quality_report`), with
+        ``"out_of_distribution"`` added; ``extra`` keys (e.g. ``true_dice``) are appended."""
+        dice, scores, ood = self.predict(image, outputs, brain)
+        report = quality_report(
+            case_id,
+            dice,
+            {name: scores[name] for name in REPORTED_SCORES if name in scores},
+            self.failure_threshold,
+            type(self.network).__name__,
+            out_of_distribution=ood,
+            **extra,
+        )
+        if ood:
+            report["failure"] = True  # unlike the training cases: send it to a person rather than trust it
+        return report

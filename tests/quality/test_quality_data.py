@@ -1,0 +1,139 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_probseg.metrics.quality import QUALITY_REPORT_KEYS, mean_absolute_error, pearson_r, write_quality_json
+from monai_probseg.networks.nets import SegmentationQualityNet
+from monai_probseg.quality import (
+    CORRUPTIONS,
+    QualityPredictor,
+    ScoreRegressor,
+    corrupt_image,
+    quality_net_inputs,
+    score_names,
+    score_vector,
+)
+
+
+def _image(seed=0, shape=(4, 16, 16, 16)):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(shape, generator=g)
+    image[:, :2] = 0.0  # "air" of a skull-stripped image
+    return image
+
+
+@pytest.mark.parametrize("corruption", [c for c in CORRUPTIONS if c != "none"])
+def test_corruptions_change_the_brain_keep_the_air_and_are_seeded(corruption):
+    image = _image()
+    out, params = corrupt_image(image, corruption, 0.8, seed=3)
+    again, _ = corrupt_image(image, corruption, 0.8, seed=3)
+    assert out.shape == image.shape and params["corruption"] == corruption
+    assert torch.equal(out, again)
+    assert torch.all(out[:, :2] == 0)
+    assert (out - image).abs().mean() > 1e-3
+    mild, _ = corrupt_image(image, corruption, 0.0, seed=3) if corruption != "zero_modality" else (image, None)
+    assert (mild - image).abs().mean() <= (out - image).abs().mean()
+
+
+def test_corruption_errors():
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        corrupt_image(_image(), "motion", 0.5)
+    with pytest.raises(ValueError, match="severity"):
+        corrupt_image(_image(), "noise", 1.5)
+
+
+def test_quality_net_inputs():
+    image, prob = torch.randn(2, 4, 16, 16, 8), torch.rand(2, 4, 16, 16, 8)
+    ent, mi = torch.rand(2, 1, 16, 16, 8), torch.rand(2, 1, 16, 16, 8)
+    x = quality_net_inputs(image, prob, ent, mi, (8, 8, 4))
+    assert x.shape == (2, 10, 8, 8, 4)
+    assert torch.allclose(x[:, 4:8].mean((2, 3, 4)), prob.mean((2, 3, 4)), atol=1e-5)  # area resizing keeps means
+    with pytest.raises(ValueError, match="entropy has shape"):
+        quality_net_inputs(image, prob, ent[:, :, :8], mi, (8, 8, 4))
+
+
+def _synthetic(n, seed):
+    """Scores whose first two columns determine the Dice (plus noise); the others are noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6))
+    dice = 1 / (1 + np.exp(-(0.8 * x[:, 0] - 0.5 * x[:, 1]))) + 0.02 * rng.normal(size=n)
+    return x, np.clip(dice, 0, 1)
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_regressor_beats_constant_on_held_out_cases(degree):
+    x, y = _synthetic(80, 0)
+    xt, yt = _synthetic(40, 1)
+    reg = ScoreRegressor(degree=degree, alpha=1.0).fit(x, y)
+    pred = reg.predict(xt)[:, 0]
+    assert mean_absolute_error(pred, yt) < 0.6 * mean_absolute_error(np.full_like(yt, y.mean()), yt)
+    assert pearson_r(pred, yt) > 0.9
+    clone = ScoreRegressor.from_state_dict(json.loads(json.dumps(reg.state_dict())))
+    np.testing.assert_allclose(clone.predict(xt), reg.predict(xt))
+
+
+def test_quality_net_trained_on_a_tiny_set_beats_constant():
+    """Cases whose Dice is the fraction of a bright cube that the 'probability' map covers: learnable in seconds."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        x = torch.zeros(n, 2, 8, 8)
+        dice = torch.zeros(n, 1)
+        for i in range(n):
+            k = int(rng.integers(0, 9))
+            x[i, 0, 2:6, 2:6] = 1.0  # the "truth" visible in the image
+            x[i, 1, 2:6, 2 : 2 + k // 2] = 1.0  # the segmentation covers part of it
+            covered = 4 * (k // 2)
+            dice[i] = 2 * covered / (covered + 16)
+        return x, dice
+
+    x, y = make(64)
+    xt, yt = make(32)
+    net = SegmentationQualityNet(2, 2, 1, channels=(8, 16), strides=(2, 2), num_res_units=0, dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = torch.nn.functional.l1_loss(net(x), y)
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net(xt)
+    constant = float((yt - y.mean()).abs().mean())
+    assert float((pred - yt).abs().mean()) < 0.5 * constant
+
+
+def test_predictor_report(tmp_path):
+    torch.manual_seed(0)
+    names = score_names()
+    net = SegmentationQualityNet(3, 10, 3, channels=(4,), strides=(2,), num_scores=len(names))
+    shape = (12, 12, 12)
+    image = torch.randn(1, 4, *shape)
+    prob = torch.softmax(torch.randn(1, 4, *shape), 1)
+    ent = -(prob * prob.log()).sum(1, keepdim=True)
+    out = {"prob": prob, "entropy": ent, "mutual_info": 0.1 * ent, "samples": torch.randint(0, 4, (1, 4, *shape))}
+    path = tmp_path / "quality_model.pt"
+    torch.save(net.state_dict(), path)
+    predictor = QualityPredictor(
+        SegmentationQualityNet(3, 10, 3, channels=(4,), strides=(2,), num_scores=len(names)), path, input_size=(8, 8, 8)
+    )
+    report = predictor("case-7", image, out)
+    assert tuple(report)[: len(QUALITY_REPORT_KEYS)] == QUALITY_REPORT_KEYS
+    assert set(report["predicted_dice"]) == {"TC", "WT", "ET"}
+    assert report["failure"] == (report["predicted_dice_mean"] < 0.7 or report["out_of_distribution"])
+    written = write_quality_json(report, tmp_path)
+    with open(written) as f:
+        assert json.load(f)["case_id"] == "case-7"
+    # statistics far from this case's scores: flagged as out of distribution and as a failure
+    vector = score_vector(predictor.predict(image, out)[1])
+    predictor.network.set_score_statistics(vector + 100.0, np.ones_like(vector))
+    flagged = predictor("case-7", image, out)
+    assert flagged["out_of_distribution"] is True and flagged["failure"] is True
