@@ -10,7 +10,8 @@ that both can use one definition of each formula (see docs/design.rst):
   Probabilistic U-Net (Kohl et al., NeurIPS 2018), used by its training forward pass and by the ELBO and KL losses;
 - :py:func:`low_rank_sample`: samples ``mean + P @ eps + sqrt(D) * eta`` of the low-rank normal over logits of
   Stochastic Segmentation Networks (Monteiro et al., NeurIPS 2020), used by the network's sampler and by the Monte
-  Carlo likelihood of its loss.
+  Carlo likelihood of its loss;
+- :py:func:`variance_to_std`: ``sqrt`` of the covariance diagonal with a finite gradient at 0 (used by the sampler).
 
 Low-rank parameter maps (never a dense ``(C V) x (C V)`` covariance) for ``C`` classes and rank ``R``:
 ``mean`` ``(B, C, *spatial)``, ``cov_factor`` ``(B, C * R, *spatial)`` with channel ``c * R + r`` holding column
@@ -21,11 +22,16 @@ spatially coherent and lets a sliding-window inferer stitch windows without seam
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from monai_probseg.utils import check_positive_int, make_generator
 
-__all__ = ["gaussian_kl_divergence", "low_rank_sample"]
+__all__ = ["MIN_VARIANCE", "gaussian_kl_divergence", "low_rank_sample", "variance_to_std"]
+
+# variances at or below this are treated as 0 by the low-rank sampler (see variance_to_std)
+MIN_VARIANCE = 1e-12
 
 
 def gaussian_kl_divergence(
@@ -33,10 +39,17 @@ def gaussian_kl_divergence(
 ) -> torch.Tensor:
     """Element-wise analytic ``KL(q || p)`` of Gaussians ``q = N(mean_q, sigma_q^2)`` and ``p = N(mean_p, sigma_p^2)``.
 
-    ``KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mean_q - mean_p)^2) / (2 sigma_p^2) - 1/2``, written with
-    ``exp(2 (log_sigma_q - log_sigma_p))`` and ``exp(-2 log_sigma_p)`` so no division by a tiny sigma happens.
-    Summing over the latent axis gives the KL of the axis-aligned Gaussians of the Probabilistic U-Net
-    (Kohl et al., NeurIPS 2018).
+    ``KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mean_q - mean_p)^2) / (2 sigma_p^2) - 1/2``. Summing over the
+    latent axis gives the KL of the axis-aligned Gaussians of the Probabilistic U-Net (Kohl et al., NeurIPS 2018).
+
+    Both ratios are evaluated in log space, as ``exp(2 (log_sigma_q - log_sigma_p))`` and
+    ``exp(2 (log|mean_q - mean_p| - log_sigma_p))``, so that no ``sigma`` or ``1 / sigma^2`` is formed on its own:
+    the result is finite and accurate (in float32) for log standard deviations far beyond what ``exp(-2 log_sigma)``
+    allows (it overflows for ``|log_sigma| > 44``; here ``|log_sigma|`` up to 80 and beyond is fine), and equal
+    means contribute exactly 0 with a finite gradient. Half-precision inputs are computed and returned in float32.
+    A KL too large for the result's dtype (a ratio ``sigma_q / sigma_p`` or ``|mean_q - mean_p| / sigma_p`` above
+    about ``e^43`` in float32) saturates at about ``e^86`` instead of becoming ``inf``, with zero gradient for that
+    term.
 
     Args:
         mean_q: means of q.
@@ -52,12 +65,41 @@ def gaussian_kl_divergence(
         z = torch.zeros(1, 1)
         gaussian_kl_divergence(z, z, z + 1, z + math.log(2))  # log 2 + 2 / 8 - 1/2
     """
-    return (
-        (log_sigma_p - log_sigma_q)
-        + 0.5 * torch.exp(2.0 * (log_sigma_q - log_sigma_p))
-        + 0.5 * (mean_q - mean_p) ** 2 * torch.exp(-2.0 * log_sigma_p)
-        - 0.5
-    )
+    dtype = torch.promote_types(torch.promote_types(mean_q.dtype, mean_p.dtype), log_sigma_q.dtype)
+    dtype = torch.promote_types(torch.promote_types(dtype, log_sigma_p.dtype), torch.float32)
+    mean_q, log_sigma_q, mean_p, log_sigma_p = (t.to(dtype) for t in (mean_q, log_sigma_q, mean_p, log_sigma_p))
+    # largest exponent whose exp, halved and added to the other terms, stays finite in this dtype
+    max_exponent = math.log(torch.finfo(dtype).max) - 2.0
+    diff = mean_q - mean_p
+    nonzero = diff != 0
+    # log|diff| with a finite gradient at diff = 0 (the masked branch never sees a zero)
+    log_abs_diff = torch.where(nonzero, torch.where(nonzero, diff, torch.ones_like(diff)).abs().log(), -math.inf)
+    variance_ratio = torch.exp((2.0 * (log_sigma_q - log_sigma_p)).clamp(max=max_exponent))
+    mean_term = torch.exp((2.0 * (log_abs_diff - log_sigma_p)).clamp(max=max_exponent))
+    return (log_sigma_p - log_sigma_q) + 0.5 * (variance_ratio + mean_term) - 0.5
+
+
+def variance_to_std(variance: torch.Tensor) -> torch.Tensor:
+    """Standard deviations ``sqrt(variance)`` with a finite gradient everywhere, for the low-rank sampler.
+
+    ``d sqrt(v) / dv = 1 / (2 sqrt(v))`` is infinite at ``v = 0``, which a user-supplied diagonal (or a masked
+    one) can hold. Variances at or below :py:data:`MIN_VARIANCE` (``1e-12``, a standard deviation of ``1e-6``
+    logits; negative values included) give a standard deviation of exactly 0 and a zero gradient; above it the
+    value and gradient are the exact ``sqrt`` (the gradient is then at most ``1 / (2e-6) = 5e5``).
+
+    Args:
+        variance: variances of any shape.
+
+    Returns:
+        standard deviations, the shape and dtype of ``variance``.
+
+    Example::
+
+        std = variance_to_std(torch.tensor([0.0, 4.0]))  # [0, 2]; the gradient at 0 is 0
+    """
+    keep = variance > MIN_VARIANCE
+    safe = torch.where(keep, variance, torch.ones_like(variance))  # the masked branch never sees v <= 0
+    return torch.where(keep, safe.sqrt(), torch.zeros_like(variance))
 
 
 def low_rank_sample(
@@ -88,7 +130,8 @@ def low_rank_sample(
     Args:
         mean: ``(B, C, *spatial)`` mean logits.
         cov_factor: ``(B, C * R, *spatial)`` covariance factor; channel ``c * R + r`` is rank ``r`` of class ``c``.
-        cov_diag: ``(B, C, *spatial)`` non-negative diagonal of the covariance (variances).
+        cov_diag: ``(B, C, *spatial)`` non-negative diagonal of the covariance (variances); values at or below
+            :py:data:`MIN_VARIANCE` (``1e-12``, and negative ones) count as 0, see :py:func:`variance_to_std`.
         num_samples: number of samples ``N``.
         generator: seed or ``torch.Generator`` for the draws (``None``: torch's global random state).
         antithetic: draw ``N / 2`` centred samples ``z`` and return ``mean + z`` followed by ``mean - z``, so that
@@ -140,7 +183,7 @@ def low_rank_sample(
 
     factor = cov_factor.reshape(batch, num_classes, rank, *spatial)
     low_rank = torch.einsum("bcr...,bnr->bnc...", factor, eps)  # (B, n, C, *spatial), P @ eps per voxel
-    scale = cov_diag.clamp_min(0).sqrt().unsqueeze(1)
+    scale = variance_to_std(cov_diag).unsqueeze(1)
     track = torch.is_grad_enabled() and (mean.requires_grad or cov_factor.requires_grad or cov_diag.requires_grad)
     if track:
         centred = low_rank + scale * eta

@@ -40,6 +40,10 @@ class KLDivergenceLoss(_Loss):
     sigma_q * eps_s`` (``num_mc_samples`` draws, differentiable in all parameters); the estimate is unbiased
     and equals the analytic value on average.
 
+    Both forms use ratios of standard deviations written as exponentials of differences of log sigmas (see
+    :py:func:`~monai_probseg.distributions.gaussian_kl_divergence`), so they stay finite and accurate in float32
+    for log standard deviations up to +-80 (``exp(-2 log_sigma)`` alone overflows beyond +-44).
+
     Args:
         reduction: ``"mean"`` (over the batch), ``"sum"`` or ``"none"`` (per batch item, shape ``(B,)``).
         analytic: use the closed form (True) or the Monte Carlo estimate (False).
@@ -85,10 +89,12 @@ class KLDivergenceLoss(_Loss):
             shape = (self.num_mc_samples, *mean_q.shape)
             eps = torch.randn(shape, generator=gen, device=gen.device if gen is not None else "cpu")
             eps = eps.to(device=mean_q.device, dtype=mean_q.dtype)
-            z = mean_q + torch.exp(log_sigma_q) * eps
-            # log N(z; m, s) = -log s - (z - m)^2 / (2 s^2) - log(2 pi) / 2; the constants cancel
+            # log N(z; m, s) = -log s - (z - m)^2 / (2 s^2) - log(2 pi) / 2; the constants cancel. With the
+            # reparameterised z = mean_q + sigma_q * eps, (z - mean_p) / sigma_p is written with exp of differences
+            # of log sigmas, so that it stays finite when sigma_q and sigma_p are both tiny or both huge.
+            z_p = (mean_q - mean_p) * torch.exp(-log_sigma_p) + torch.exp(log_sigma_q - log_sigma_p) * eps
             log_q = -log_sigma_q - 0.5 * eps**2
-            log_p = -log_sigma_p - 0.5 * ((z - mean_p) * torch.exp(-log_sigma_p)) ** 2
+            log_p = -log_sigma_p - 0.5 * z_p**2
             kl = (log_q - log_p).flatten(2).sum(2).mean(0)
         if self.reduction == LossReduction.MEAN.value:
             return kl.mean()

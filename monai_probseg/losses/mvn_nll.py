@@ -50,6 +50,11 @@ class LowRankMVNNLLLoss(_Loss):
     over voxels (not a mean), as in the paper, so its scale grows with the image size; ``return_dict=True`` also
     reports it per voxel.
 
+    Precision: the samples, log-probabilities and their sums are computed in float32 (float64 inputs stay
+    float64) with autocast disabled, whatever the dtype of the inputs: a float16 sum over ``256^2`` voxels
+    would overflow. Float16 or bfloat16 parameter maps give the float32 result of the same values, and the
+    gradients flow back to them in their own dtype.
+
     Memory: about four tensors of ``B * M * C * V`` values are kept for the backward pass.
 
     Args:
@@ -146,7 +151,9 @@ class LowRankMVNNLLLoss(_Loss):
             mean = input
             if cov_factor is None or cov_diag is None:
                 raise ValueError("with a tensor input, cov_factor and cov_diag must be given as well.")
-        mean, cov_factor, cov_diag = (_plain(t) for t in (mean, cov_factor, cov_diag))
+        # the sum over voxels is large (|sum| > 65504 overflows float16 at 256^2 voxels): compute in float32 at least
+        dtype = torch.promote_types(_plain(mean).dtype, torch.float32)
+        mean, cov_factor, cov_diag = (_plain(t).to(dtype) for t in (mean, cov_factor, cov_diag))
         if mean.ndim < 3:
             raise ValueError(f"mean logits must be (B, C, *spatial), got shape {tuple(mean.shape)}.")
         batch, num_classes = mean.shape[:2]
@@ -179,23 +186,24 @@ class LowRankMVNNLLLoss(_Loss):
                 f"{self.ignore_index}), got values in [{int(labels.min())}, {int(labels.max())}]."
             )
 
-        samples = low_rank_sample(
-            mean,
-            cov_factor,
-            cov_diag,
-            self.num_mc_samples,
-            generator=self._get_generator(mean.device),
-            antithetic=self.antithetic,
-        )  # (B, M, C, *spatial)
-        log_prob = _log_prob(samples, labels.unsqueeze(1))  # (B, M, *spatial)
-        log_prob = torch.where(valid.unsqueeze(1), log_prob, torch.zeros_like(log_prob))
-        log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
-        nll = -(torch.logsumexp(log_lik, dim=1) - math.log(self.num_mc_samples))  # (B,)
-        per_image = nll
-        mean_ce = None  # cross-entropy of the mean logits summed over the counted voxels, (B,)
-        if self.mean_ce_weight > 0 or self.return_dict:
-            mean_log_prob = _log_prob(mean.unsqueeze(1), labels.unsqueeze(1))[:, 0]  # (B, *spatial)
-            mean_ce = -torch.where(valid, mean_log_prob, torch.zeros_like(mean_log_prob)).flatten(1).sum(-1)
+        with torch.autocast(device_type=mean.device.type, enabled=False):  # keep float32 under AMP
+            samples = low_rank_sample(
+                mean,
+                cov_factor,
+                cov_diag,
+                self.num_mc_samples,
+                generator=self._get_generator(mean.device),
+                antithetic=self.antithetic,
+            )  # (B, M, C, *spatial)
+            log_prob = _log_prob(samples, labels.unsqueeze(1))  # (B, M, *spatial)
+            log_prob = torch.where(valid.unsqueeze(1), log_prob, torch.zeros_like(log_prob))
+            log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
+            nll = -(torch.logsumexp(log_lik, dim=1) - math.log(self.num_mc_samples))  # (B,)
+            per_image = nll
+            mean_ce = None  # cross-entropy of the mean logits summed over the counted voxels, (B,)
+            if self.mean_ce_weight > 0 or self.return_dict:
+                mean_log_prob = _log_prob(mean.unsqueeze(1), labels.unsqueeze(1))[:, 0]  # (B, *spatial)
+                mean_ce = -torch.where(valid, mean_log_prob, torch.zeros_like(mean_log_prob)).flatten(1).sum(-1)
         if self.mean_ce_weight > 0:
             per_image = nll + self.mean_ce_weight * mean_ce
 

@@ -35,4 +35,4 @@ from .uncertainty import (
     StreamingUncertaintyMaps,
     uncertainty_maps,
 )
-from .utils import pairwise_distance, pairwise_iou, set_iou_blocks
+from .utils import check_label_range, pairwise_distance, pairwise_iou, set_iou_blocks

@@ -11,6 +11,8 @@ import torch
 from monai.metrics import CalibrationErrorMetric
 from monai.networks.utils import one_hot
 
+from .utils import check_label_range
+
 __all__ = [
     "expected_calibration_error",
     "max_uncertainty_error_overlap",
@@ -59,6 +61,7 @@ def expected_calibration_error(
     if target.shape == probs.shape:
         target_onehot = target.float()
     elif target.shape[0] == probs.shape[0] and target.shape[1] == 1 and target.shape[2:] == probs.shape[2:]:
+        check_label_range(target, num_classes, "target")
         target_onehot = one_hot(target, num_classes=num_classes, dim=1)
     else:
         raise ValueError(

@@ -13,7 +13,6 @@ from .utils import (
     SampleSetMetric,
     as_label_maps,
     class_mean_distance,
-    pairwise_distance,
     prepare_samples_and_annotations,
     set_iou_blocks,
 )
@@ -77,7 +76,7 @@ def generalized_energy_distance(
         annotations = torch.randint(0, 2, (2, 4, 64, 64))
         ged = generalized_energy_distance(samples, annotations, num_classes=2)  # (2,)
     """
-    terms = _set_terms(samples, annotations, num_classes, include_background, empty_both, with_hm_iou=False)
+    terms = _set_terms(samples, annotations, num_classes, include_background, empty_both, matching=None)
     return terms if return_terms else terms["ged"]
 
 
@@ -87,11 +86,19 @@ def _set_terms(
     num_classes: int,
     include_background: bool,
     empty_both: str,
-    with_hm_iou: bool,
+    matching: str | None,
 ) -> dict[str, torch.Tensor]:
-    """GED terms (and HM-IoU) from one computation of the three pairwise IoU blocks."""
+    """GED terms (and HM-IoU unless ``matching`` is None) from one computation of the three pairwise IoU blocks."""
     labels, annotations = prepare_samples_and_annotations(samples, annotations, num_classes)
-    iou = set_iou_blocks(labels, annotations, num_classes, include_background, empty_both, blocks=("aa", "ab", "bb"))
+    iou = set_iou_blocks(
+        labels,
+        annotations,
+        num_classes,
+        include_background,
+        empty_both,
+        blocks=("aa", "ab", "bb"),
+        names=("samples", "annotations"),
+    )
     dist = {blk: class_mean_distance(v, empty_both) for blk, v in iou.items()}
     cross, div_s, div_y = _mean_pairs(dist["ab"]), _mean_pairs(dist["aa"]), _mean_pairs(dist["bb"])
     terms = {
@@ -100,8 +107,8 @@ def _set_terms(
         "diversity_samples": div_s,
         "diversity_annotations": div_y,
     }
-    if with_hm_iou:
-        terms["hm_iou"] = match_iou(1.0 - dist["ab"])
+    if matching is not None:
+        terms["hm_iou"] = match_iou(1.0 - dist["ab"], matching=matching)
     return terms
 
 
@@ -111,6 +118,7 @@ def sample_set_metrics(
     num_classes: int,
     include_background: bool = False,
     empty_both: str = "zero",
+    matching: str = "lcm",
 ) -> dict[str, torch.Tensor]:
     """GED with its three terms and the Hungarian-matched IoU from a single pass over the voxels.
 
@@ -123,6 +131,8 @@ def sample_set_metrics(
         num_classes: number of classes, background included.
         include_background: whether class 0 contributes to ``d``. Defaults to ``False``.
         empty_both: ``"zero"`` or ``"nan"``, see :py:func:`generalized_energy_distance`.
+        matching: how HM-IoU matches ``N`` samples to ``K`` annotations, ``"lcm"`` (Kohl et al. 2019, default) or
+            ``"tile"``, see :py:func:`monai_probseg.metrics.match_iou`.
 
     Returns:
         dict with ``"ged"``, ``"cross"``, ``"diversity_samples"``, ``"diversity_annotations"`` and ``"hm_iou"``,
@@ -133,7 +143,7 @@ def sample_set_metrics(
         scores = sample_set_metrics(torch.randint(0, 2, (1, 100, 128, 128)), torch.randint(0, 2, (1, 4, 128, 128)), 2)
         scores["ged"], scores["hm_iou"]
     """
-    return _set_terms(samples, annotations, num_classes, include_background, empty_both, with_hm_iou=True)
+    return _set_terms(samples, annotations, num_classes, include_background, empty_both, matching=matching)
 
 
 def sample_diversity(
@@ -167,8 +177,10 @@ def sample_diversity(
         div = sample_diversity(torch.randint(0, 3, (1, 8, 32, 32, 32)), num_classes=3)
     """
     labels = as_label_maps(samples, "samples", spatial_ndim=spatial_dims, num_classes=num_classes)
-    dist = pairwise_distance(labels, None, num_classes, include_background, empty_both)
-    return _mean_pairs(dist, include_diagonal=include_diagonal)
+    iou = set_iou_blocks(
+        labels, None, num_classes, include_background, empty_both, blocks=("aa",), names=("samples", "samples")
+    )["aa"]
+    return _mean_pairs(class_mean_distance(iou, empty_both), include_diagonal=include_diagonal)
 
 
 class GeneralizedEnergyDistanceMetric(SampleSetMetric):

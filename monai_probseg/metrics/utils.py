@@ -16,6 +16,7 @@ __all__ = [
     "EMPTY_BOTH_MODES",
     "aggregate_per_item",
     "as_label_maps",
+    "check_label_range",
     "class_mean_distance",
     "foreground_classes",
     "pairwise_distance",
@@ -90,8 +91,43 @@ def foreground_classes(num_classes: int, include_background: bool) -> list[int]:
     return list(range(0 if include_background else 1, num_classes))
 
 
-def _compact_labels(masks: torch.Tensor, num_classes: int, num_scored: int) -> torch.Tensor:
-    """Flatten label maps to ``(B, M, V)``; use uint8 when several classes are compared (less memory traffic)."""
+def check_label_range(labels: torch.Tensor, num_classes: int, name: str = "labels") -> None:
+    """Raise if integer label maps hold values outside ``[0, num_classes - 1]``.
+
+    Out-of-range values would otherwise be scored silently: as no class at all, or, once the maps are narrowed
+    to uint8 for speed, as another class (``256`` wraps to ``0``, ``-1`` to ``255``). One ``aminmax`` pass; the
+    offending values are only listed on the error path.
+
+    Args:
+        labels: integer (or bool) label maps of any shape.
+        num_classes: number of classes, background included.
+        name: argument name used in the message.
+
+    Raises:
+        ValueError: naming the values found (up to 8 of them) and the expected range.
+
+    Example::
+
+        check_label_range(torch.tensor([0, 1, 4]), 4, "annotations")  # ValueError: ... values [4] ...
+    """
+    if labels.numel() == 0 or (labels.dtype == torch.bool and num_classes >= 2):
+        return
+    low, high = torch.aminmax(labels)
+    if bool(low >= 0) and bool(high < num_classes):
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    found = torch.unique(bad).tolist()
+    shown = ", ".join(str(v) for v in found[:8]) + (f", ... ({len(found)} distinct)" if len(found) > 8 else "")
+    raise ValueError(
+        f"{name}: label values [{shown}] are outside the expected range [0, {num_classes - 1}] for "
+        f"num_classes={num_classes}: map them to classes first (e.g. BraTS 2021 label 4 -> 3) or raise num_classes."
+    )
+
+
+def _compact_labels(masks: torch.Tensor, num_classes: int, num_scored: int, name: str) -> torch.Tensor:
+    """Flatten label maps to ``(B, M, V)`` after checking their values; use uint8 when several classes are
+    compared (less memory traffic), which is exact because every value is then known to be in ``[0, 255]``."""
+    check_label_range(masks, num_classes, name)
     flat = masks.reshape(masks.shape[0], masks.shape[1], -1)
     if num_scored > 1 and num_classes <= 256 and flat.dtype not in (torch.uint8, torch.bool):
         flat = flat.to(torch.uint8)
@@ -112,6 +148,7 @@ def set_iou_blocks(
     include_background: bool = False,
     empty_both: str = "zero",
     blocks: tuple[str, ...] = ("ab",),
+    names: tuple[str, str] = ("masks_a", "masks_b"),
 ) -> dict[str, torch.Tensor]:
     """Per-class IoU blocks ``"aa"`` (A x A), ``"ab"`` (A x B) and ``"bb"`` (B x B) of two sets of label maps.
 
@@ -126,6 +163,11 @@ def set_iou_blocks(
         include_background: whether class 0 is scored.
         empty_both: ``"zero"`` or ``"nan"``, see :py:func:`pairwise_iou`.
         blocks: which blocks to return.
+        names: names of the two sets in error messages.
+
+    Raises:
+        ValueError: when a label map holds a value outside ``[0, num_classes - 1]`` (see
+            :py:func:`check_label_range`).
 
     Returns:
         dict from block name to IoU ``(B, ., ., num_scored_classes)``.
@@ -148,8 +190,8 @@ def set_iou_blocks(
                 f"{tuple(masks_a.shape)} and {tuple(masks_b.shape)}."
             )
     classes = foreground_classes(num_classes, include_background)
-    flat_a = _compact_labels(masks_a, num_classes, len(classes))
-    flat_b = _compact_labels(masks_b, num_classes, len(classes)) if need_b else None  # type: ignore[arg-type]
+    flat_a = _compact_labels(masks_a, num_classes, len(classes), names[0])
+    flat_b = _compact_labels(masks_b, num_classes, len(classes), names[1]) if need_b else None  # type: ignore[arg-type]
     dtype = torch.float32 if flat_a.shape[-1] <= _MAX_EXACT_FLOAT32 else torch.float64
     out: dict[str, list[torch.Tensor]] = {blk: [] for blk in blocks}
     with torch.autocast(device_type=flat_a.device.type, enabled=False):

@@ -75,3 +75,51 @@ def test_input_errors():
         KLDivergenceLoss(num_mc_samples=0)
     with pytest.raises(ValueError):
         KLDivergenceLoss(reduction="median")
+
+
+def _kl_float64(mq, lq, mp, lp):
+    """Direct closed form in float64 (exp(+-160) is representable there)."""
+    mq, lq, mp, lp = (t.double() for t in (mq, lq, mp, lp))
+    return (lp - lq) + (torch.exp(2 * lq) + (mq - mp) ** 2) / (2 * torch.exp(2 * lp)) - 0.5
+
+
+@pytest.mark.parametrize("log_sigma", [-80.0, -60.0, -45.0, 0.0, 45.0, 60.0, 80.0])
+def test_extreme_log_sigma_finite_and_exact(log_sigma):
+    """exp(-2 log_sigma) overflows float32 beyond |log_sigma| ~ 44 (then 0 * inf = NaN); the log-space form does not."""
+    inward = -1.0 if log_sigma > 0 else 1.0  # offsets point towards 0 so that every |log sigma| stays <= 80
+    # (log_sigma_q, log_sigma_p) offsets and the mean difference in units of sigma_p: equal, close, e-folds apart
+    cases = [(0.0, 0.0, 0.0), (0.0, 0.0, 2.0), (0.5, 0.0, 0.0), (3.0, 0.0, 1.0), (0.0, 10.0, 0.5), (20.0, 0.0, 0.0)]
+    lq = torch.tensor([[log_sigma + inward * c[0] for c in cases]])
+    lp = torch.tensor([[log_sigma + inward * c[1] for c in cases]])
+    mp = torch.full_like(lq, 3.0 * math.exp(log_sigma))
+    mq = (mp.double() + torch.tensor([[c[2] for c in cases]]).double() * lp.double().exp()).float()
+    mq, lq = mq.requires_grad_(True), lq.requires_grad_(True)
+    kl = gaussian_kl_divergence(mq, lq, mp, lp)
+    assert kl.dtype == torch.float32 and torch.isfinite(kl).all()
+    torch.testing.assert_close(kl.double(), _kl_float64(mq.detach(), lq.detach(), mp, lp), rtol=1e-5, atol=1e-5)
+    assert kl[0, 0].item() == 0.0  # identical distributions
+    kl.sum().backward()
+    assert torch.isfinite(mq.grad).all() and torch.isfinite(lq.grad).all()
+    # the loss (sum over the latent axis) and the Monte Carlo estimate stay finite as well
+    assert torch.isfinite(KLDivergenceLoss()(mq, lq, mp, lp))
+    assert torch.isfinite(KLDivergenceLoss(analytic=False, num_mc_samples=8)(mq, lq, mp, lp, generator=0))
+
+
+def test_kl_beyond_float32_range_saturates_finite():
+    """sigma_q / sigma_p = e^160 gives KL ~ e^320 / 2: not representable in float32, returned finite and huge."""
+    lq = torch.tensor([[80.0, -80.0]], requires_grad=True)
+    lp = torch.tensor([[-80.0, 80.0]])
+    kl = gaussian_kl_divergence(torch.zeros(1, 2), lq, torch.zeros(1, 2), lp)
+    assert torch.isfinite(kl).all()
+    assert kl[0, 0].item() > 1e37
+    assert kl[0, 1].item() == pytest.approx(160.0 - 0.5, rel=1e-6)  # ratio term e^-320 underflows to 0 correctly
+    kl.sum().backward()
+    assert torch.isfinite(lq.grad).all()
+
+
+def test_half_precision_inputs_computed_in_float32():
+    g = torch.Generator().manual_seed(3)
+    mq, lq, mp, lp = (torch.randn(2, 5, generator=g).half() for _ in range(4))
+    kl = gaussian_kl_divergence(mq, lq, mp, lp)
+    assert kl.dtype == torch.float32
+    torch.testing.assert_close(kl, gaussian_kl_divergence(mq.float(), lq.float(), mp.float(), lp.float()))

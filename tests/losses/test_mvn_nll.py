@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from parameterized import parameterized
 
+from monai_probseg.distributions import MIN_VARIANCE, low_rank_sample, variance_to_std
 from monai_probseg.losses import LowRankMVNNLLLoss
 
 
@@ -209,6 +210,70 @@ class TestLowRankMVNNLLLoss(unittest.TestCase):
             LowRankMVNNLLLoss()(mean, torch.zeros(1, 1, 4, 4))
         with self.assertRaisesRegex(ValueError, "reduction"):
             LowRankMVNNLLLoss(reduction="max")
+
+    def test_float16_gives_the_float32_result(self):
+        """At 256^2 voxels the per-sample sum of log-probabilities exceeds float16's 65504: it is summed in float32."""
+        mean, factor, diag = _params(2, 2, (256, 256), seed=4)
+        mean = 3.0 * mean
+        target = torch.randint(0, 2, (1, 1, 256, 256), generator=torch.Generator().manual_seed(5))
+        loss_fn = LowRankMVNNLLLoss(num_mc_samples=2, reduction="none", generator=0)
+        ref = loss_fn(mean, target, cov_factor=factor, cov_diag=diag)
+        self.assertGreater(float(ref), 65504.0)  # a float16 sum would be -inf
+        half = [t.half().requires_grad_(True) for t in (mean, factor, diag)]
+        loss_fn = LowRankMVNNLLLoss(num_mc_samples=2, reduction="none", generator=0)  # same draws as above
+        out = loss_fn(half[0], target, cov_factor=half[1], cov_diag=half[2])
+        self.assertEqual(out.dtype, torch.float32)
+        self.assertTrue(torch.isfinite(out).all())
+        torch.testing.assert_close(out.detach(), ref, rtol=1e-3, atol=0.0)
+        # the float32 result of the same (rounded) values, to rounding of the sums
+        rounded = LowRankMVNNLLLoss(num_mc_samples=2, reduction="none", generator=0)(
+            half[0].detach().float(), target, cov_factor=half[1].detach().float(), cov_diag=half[2].detach().float()
+        )
+        torch.testing.assert_close(out.detach(), rounded, rtol=1e-6, atol=0.0)
+        out.sum().backward()
+        for t in half:
+            self.assertEqual(t.grad.dtype, torch.float16)
+            self.assertTrue(torch.isfinite(t.grad).all())
+
+    def test_autocast_does_not_lower_the_precision(self):
+        mean, factor, diag = _params(3, 2, (16, 16), seed=6)
+        target = torch.randint(0, 3, (1, 1, 16, 16), generator=torch.Generator().manual_seed(7))
+        kw = {"cov_factor": factor, "cov_diag": diag}
+        ref = LowRankMVNNLLLoss(num_mc_samples=4, generator=0)(mean, target, **kw)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = LowRankMVNNLLLoss(num_mc_samples=4, generator=0)(mean, target, **kw)
+        self.assertEqual(out.dtype, torch.float32)
+        torch.testing.assert_close(out, ref)
+
+    def test_sampler_gradient_finite_at_zero_variance(self):
+        """d sqrt(D) / dD is infinite at D = 0: such variances give std 0 and gradient 0 (MIN_VARIANCE)."""
+        mean, factor, diag = _params(2, 2, (3, 4), seed=8)
+        diag[:, :, 0] = 0.0  # a user-supplied diagonal with exact zeros
+        diag[:, :, 1, 0] = 0.5 * MIN_VARIANCE
+        mean, factor, diag = (t.clone().requires_grad_(True) for t in (mean, factor, diag))
+        samples = low_rank_sample(mean, factor, diag, 6, generator=0)
+        weights = torch.randn(samples.shape, generator=torch.Generator().manual_seed(1))
+        (samples * weights).sum().backward()
+        for t in (mean, factor, diag):
+            self.assertTrue(torch.isfinite(t.grad).all())
+        self.assertTrue((diag.grad[:, :, 0] == 0).all())
+        # zero variance: every sample minus its low-rank part is exactly the mean
+        without_diag = low_rank_sample(mean, factor, torch.zeros_like(diag), 6, generator=0)
+        torch.testing.assert_close(samples[:, :, :, 0], without_diag[:, :, :, 0], rtol=0, atol=0)
+        # positive variances keep the exact sqrt gradient: sum_n w * eta / (2 sqrt(D))
+        g = torch.Generator().manual_seed(0)
+        torch.randn((1, 6, 2), generator=g)  # eps, drawn first
+        eta = torch.randn((1, 6, 2, 3, 4), generator=g)
+        expected = (weights * eta).sum(1) / (2 * diag.detach().sqrt())
+        torch.testing.assert_close(diag.grad[:, :, 1:, 1:], expected[:, :, 1:, 1:])
+        torch.testing.assert_close(variance_to_std(torch.tensor([0.0, 1e-13, -1.0, 4.0])), torch.tensor([0, 0, 0, 2.0]))
+        # through the loss as well
+        loss = LowRankMVNNLLLoss(generator=0)(
+            mean, torch.zeros(1, 1, 3, 4, dtype=torch.long), cov_factor=factor, cov_diag=diag
+        )
+        diag.grad = None
+        loss.backward()
+        self.assertTrue(torch.isfinite(diag.grad).all())
 
 
 if __name__ == "__main__":
