@@ -18,6 +18,22 @@ from .ged import (
 )
 from .hungarian import HungarianMatchedIoUMetric, hungarian_matched_iou, match_iou
 from .plausibility import PLAUSIBILITY_LIMITS, plausibility_scores, plausibility_warnings
+from .quality import (
+    DEFAULT_FAILURE_THRESHOLD,
+    LESION_REGIONS,
+    QUALITY_REPORT_KEYS,
+    area_under_risk_coverage,
+    failure_auroc,
+    mean_absolute_error,
+    pearson_r,
+    quality_prediction_metrics,
+    quality_report,
+    quality_scores,
+    region_dice,
+    risk_coverage_curve,
+    spearman_r,
+    write_quality_json,
+)
 from .regions import (
     BRATS_REGION_NAMES,
     BRATS_REGIONS,

@@ -137,3 +137,26 @@ def test_predictor_report(tmp_path):
     predictor.network.set_score_statistics(vector + 100.0, np.ones_like(vector))
     flagged = predictor("case-7", image, out)
     assert flagged["out_of_distribution"] is True and flagged["failure"] is True
+
+
+def test_generate_load_and_datalist(tmp_path):
+    """End to end on two tiny phantoms with a small deterministic stage-1 network."""
+    from monai.networks.nets import UNet
+
+    from monai_probseg.inferers import StochasticSlidingWindowInferer
+    from monai_probseg.quality import generate_quality_dataset, load_quality_dataset, quality_datalist
+
+    torch.manual_seed(0)
+    network = UNet(3, 4, 4, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    inferer = StochasticSlidingWindowInferer(
+        roi_size=(16, 16, 16), num_samples=2, outputs=("prob", "entropy", "mutual_info"), keep_samples=True, seed=0
+    )
+    kwargs = {"spatial_size": (24, 24, 24), "input_size": (8, 8, 8), "progress": False, "corruption": "blur"}
+    generate_quality_dataset(network, inferer, tmp_path, 2, seed=5, **kwargs)
+    data = load_quality_dataset(tmp_path)
+    assert data["inputs"].shape == (2, 10, 8, 8, 8)
+    assert data["scores"].shape == (2, len(score_names())) and data["true_dice"].shape == (2, 3)
+    assert np.all((data["true_dice"] >= 0) & (data["true_dice"] <= 1))
+    assert data["records"][0]["meta"]["corruption"] == "blur" and data["records"][0]["meta"]["seed"] == 5
+    items = quality_datalist(tmp_path, "validation", val_fraction=0.5)
+    assert len(items) == 1 and items[0]["case_id"] == "case_5_00001"

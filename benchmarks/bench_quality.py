@@ -1,0 +1,308 @@
+# Copyright (c) monai_probseg contributors
+# Licensed under the Apache License, Version 2.0
+
+"""Does the predicted Dice match the true Dice on held-out, corrupted phantoms? (DeVries & Taylor 2018)
+
+The stage-1 model is the shipped ``brats_ssn`` bundle (network and inferer settings of its ``inference.json``, 8
+samples); the stage-2 model the shipped ``bundles/brats_ssn/models/quality_model.pt``, trained by
+``configs/train_quality.json`` on phantom seed 100 with the corruptions of
+:data:`monai_probseg.quality.SEEN_CORRUPTIONS`. The test cases are ``--cases`` fresh phantoms (seed ``--seed``, 200:
+unseen by stage 1, which trained on seed 0, and by stage 2) of ``--size``^3 voxels: a third clean, a third with a
+seen corruption (noise, bias field, blur, zeroed modality), a third with a corruption type no model trained on
+(intensity shift, motion-like ghosting, Gibbs ringing), each with a drawn severity and tumour variant (typical,
+small, large, non-enhancing).
+
+Compared on the mean over TC, WT, ET of the true Dice against the consensus (both empty: 1):
+
+- ``SegmentationQualityNet`` (shipped weights);
+- ridge regression on all scalar scores of :py:func:`monai_probseg.quality.score_names`, linear and quadratic;
+- every single score (mean entropy, mean mutual information, mean pairwise sample Dice, GED of the samples to the
+  mean, uncertainty-to-volume ratio), each calibrated to a Dice by a linear fit on the training cases (a monotone
+  map, so its Pearson, Spearman, AUROC and AURC are those of the raw score; the MAE needs the calibration).
+
+The regressions are fitted on the training cases of ``train_quality.json`` (``--train-data``, generated if missing).
+Metrics: Pearson, Spearman, MAE, failure AUROC (true mean Dice < 0.7), area under the risk-coverage curve (AURC).
+
+Run::
+
+    python benchmarks/bench_quality.py            # ~90 x 7 s of stage-1 inference on 2 busy CPU cores
+
+Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality.png`` (``--name quality``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine_info, md_table, results_dir, write_results  # noqa: E402
+
+from monai_probseg.bundle import load_weights  # noqa: E402
+from monai_probseg.inferers import StochasticSlidingWindowInferer  # noqa: E402
+from monai_probseg.metrics import BRATS_REGIONS  # noqa: E402
+from monai_probseg.metrics.quality import quality_prediction_metrics, risk_coverage_curve  # noqa: E402
+from monai_probseg.quality import (  # noqa: E402
+    HELD_OUT_CORRUPTIONS,
+    SEEN_CORRUPTIONS,
+    ScoreRegressor,
+    generate_quality_dataset,
+    load_quality_dataset,
+    score_names,
+)
+
+logger = logging.getLogger("bench_quality")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(REPO, "bundles", "brats_ssn")
+SINGLE_SCORES = (
+    "mean_entropy",
+    "mean_mutual_info",
+    "sample_dice_agreement",
+    "ged_to_mean",
+    "uncertainty_volume_ratio",
+)
+COLUMNS = ["method", "subset", "pearson", "spearman", "mae", "auroc", "aurc", "num_cases", "num_failures"]
+
+
+def _config(name: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(BUNDLE, "configs", name))
+    return parser
+
+
+def _stage1(num_samples: int):
+    network = _config("inference.json").get_parsed_content("network_def", instantiate=True)
+    load_weights(network, os.path.join(BUNDLE, "models", "model.pt"))
+    inferer = StochasticSlidingWindowInferer(
+        roi_size=(32, 32, 32),
+        overlap=0.25,
+        mode="gaussian",
+        num_samples=num_samples,
+        sample_batch_size=4,
+        outputs=("prob", "entropy", "mutual_info"),
+        keep_samples=True,
+        seed=0,
+    )
+    return network.eval(), inferer
+
+
+def _plan(index: int) -> str:
+    """Clean, seen and held-out corruptions in turn."""
+    group = index % 3
+    if group == 0:
+        return "none"
+    pool = SEEN_CORRUPTIONS if group == 1 else HELD_OUT_CORRUPTIONS
+    return pool[(index // 3) % len(pool)]
+
+
+def generate(args: argparse.Namespace) -> None:
+    network, inferer = _stage1(args.num_samples)
+    size = (args.size,) * 3
+    train = _config("train_quality.json")
+    train_cases, train_seed = int(train["num_cases"]), int(train["phantom_seed"])
+    generate_quality_dataset(
+        network, inferer, args.train_data, train_cases, train_seed, spatial_size=tuple(train["phantom_size"]),
+        corruptions=SEEN_CORRUPTIONS, clean_fraction=float(train["clean_fraction"]), progress=False,
+    )  # fmt: skip
+    for index in range(args.cases):
+        generate_quality_dataset(
+            network, inferer, args.test_data, 1, args.seed, start=index, spatial_size=size, corruption=_plan(index),
+            progress=False,
+        )  # fmt: skip
+
+
+def _quality_net(path: str):
+    network = _config("train_quality.json").get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return network.eval()
+
+
+def _figure(path: str, true: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray, best: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    ax = axes[0]
+    for name, style in (("SegmentationQualityNet", "-"), (best, "--")):
+        coverage, _, mean_dice = risk_coverage_curve(predictions[name], true)
+        ax.plot(coverage, mean_dice, style, label=name)
+    coverage, _, mean_dice = risk_coverage_curve(true, true)
+    ax.plot(coverage, mean_dice, ":", color="k", label="oracle (true Dice)")
+    ax.axhline(true.mean(), color="grey", lw=0.8, label="keep all / random")
+    ax.set_xlabel("coverage (fraction of cases kept)")
+    ax.set_ylabel("mean true Dice of the kept cases")
+    ax.set_title("risk-coverage: flagged cases removed first")
+    ax.legend(fontsize=8)
+    colours = {"clean": "tab:green", "seen": "tab:blue", "held-out": "tab:red"}
+    for ax, name in zip(axes[1:], ("SegmentationQualityNet", best)):
+        for group, colour in colours.items():
+            keep = groups == group
+            ax.scatter(true[keep], predictions[name][keep], s=14, c=colour, label=group)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.axvline(0.7, color="grey", lw=0.6)
+        ax.axhline(0.7, color="grey", lw=0.6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("true mean Dice (TC, WT, ET)")
+        ax.set_ylabel("predicted mean Dice")
+        ax.set_title(name)
+        ax.legend(fontsize=8, title="corruption")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=90)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--train-data", default=os.path.join(REPO, "outputs", "brats_ssn_quality", "data"))
+    parser.add_argument("--test-data", default=os.path.join(REPO, "outputs", "brats_ssn_quality", "test"))
+    parser.add_argument("--quality-model", default=os.path.join(BUNDLE, "models", "quality_model.pt"))
+    parser.add_argument("--generate-only", action="store_true", help="only simulate the cases (resumable)")
+    parser.add_argument("--name", default="quality")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    start = time.perf_counter()
+    generate(args)
+    simulate_seconds = time.perf_counter() - start
+    if args.generate_only:
+        return 0
+    train = load_quality_dataset(args.train_data, with_inputs=False)
+    test = load_quality_dataset(args.test_data)
+    names = score_names(BRATS_REGIONS)
+    true = test["true_dice"].mean(1)
+    groups = np.array(
+        [
+            "clean"
+            if r["meta"]["corruption"] == "none"
+            else ("seen" if r["meta"]["corruption"] in SEEN_CORRUPTIONS else "held-out")
+            for r in test["records"]
+        ]
+    )
+    predictions: dict[str, np.ndarray] = {}
+    per_region: dict[str, np.ndarray] = {}
+    network = _quality_net(args.quality_model)
+    with torch.no_grad():
+        x = torch.from_numpy(test["inputs"])
+        s = torch.from_numpy(test["scores"])
+        per_region["SegmentationQualityNet"] = network(x, s).numpy()
+        z = (s - network.score_mean) / network.score_std
+        out_of_distribution = int((z.abs() > 8.0).any(1).sum())
+    for label, reg in (
+        ("ridge (all scores)", ScoreRegressor(degree=1, alpha=1.0)),
+        ("ridge quadratic (all scores)", ScoreRegressor(degree=2, alpha=10.0)),
+        *((name, ScoreRegressor(columns=[names.index(name)])) for name in SINGLE_SCORES),
+    ):
+        reg.fit(train["scores"], train["true_dice"].mean(1) if reg.columns else train["true_dice"])
+        pred = reg.predict(test["scores"])
+        per_region[label] = pred if pred.shape[1] > 1 else np.repeat(pred, 3, axis=1)
+    rows = []
+    for method, pred in per_region.items():
+        predictions[method] = pred.mean(1)
+        for subset in ("all", "clean", "seen", "held-out"):
+            keep = np.ones_like(true, dtype=bool) if subset == "all" else groups == subset
+            m = quality_prediction_metrics(predictions[method][keep], true[keep], args.threshold)
+            rows.append({"method": method, "subset": subset, **m})
+    region_rows = []
+    for method in ("SegmentationQualityNet", "ridge (all scores)"):
+        for r, region in enumerate(BRATS_REGIONS):
+            m = quality_prediction_metrics(per_region[method][:, r], test["true_dice"][:, r], args.threshold)
+            region_rows.append({"method": method, "subset": f"region {region}", **m})
+    baselines = [r for r in rows if r["subset"] == "all" and r["method"] != "SegmentationQualityNet"]
+    best = max(baselines, key=lambda r: r["pearson"])["method"]
+    os.makedirs(results_dir(), exist_ok=True)
+    figure = os.path.join(results_dir(), f"{args.name}.png")
+    _figure(figure, true, predictions, groups, best)
+    net_all = next(r for r in rows if r["method"] == "SegmentationQualityNet" and r["subset"] == "all")
+    targets = {"pearson": (">=", 0.85), "mae": ("<=", 0.05), "auroc": (">=", 0.9)}
+    met = {k: (net_all[k] >= v if op == ">=" else net_all[k] <= v) for k, (op, v) in targets.items()}
+    results = {
+        "machine": machine_info(),
+        "args": vars(args),
+        "simulate_seconds": simulate_seconds,
+        "seconds": time.perf_counter() - start,
+        "num_train_cases": len(train["records"]),
+        "test_groups": {g: int((groups == g).sum()) for g in ("clean", "seen", "held-out")},
+        "test_corruptions": {c: int(sum(r["meta"]["corruption"] == c for r in test["records"])) for c in set(
+            r["meta"]["corruption"] for r in test["records"])},
+        "out_of_distribution_cases": out_of_distribution,
+        "best_baseline": best,
+        "targets": {k: list(v) for k, v in targets.items()},
+        "targets_met": met,
+        "rows": rows,
+        "region_rows": region_rows,
+        "cases": [
+            {
+                "case_id": r["case_id"],
+                "group": g,
+                "meta": r["meta"],
+                "true_dice": r["true_dice"],
+                **{f"predicted_{k}": float(predictions[k][i]) for k in ("SegmentationQualityNet", best)},
+            }
+            for i, (r, g) in enumerate(zip(test["records"], groups))
+        ],
+    }  # fmt: skip
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    all_rows = [r for r in rows if r["subset"] == "all"]
+    lines = [
+        f"# Segmentation-quality prediction on {len(true)} held-out phantoms ({args.size}^3, seed {args.seed})",
+        "",
+        f"`python benchmarks/bench_quality.py {cmd}`".replace(" `", "`"),
+        "",
+        f"Stage 1: shipped `brats_ssn` ({args.num_samples} samples). Stage 2: shipped `quality_model.pt` "
+        f"(`configs/train_quality.json`, {len(train['records'])} training phantoms of seed 100 with seen corruptions; "
+        "the regressions are fitted on the same cases). Test: "
+        + ", ".join(f"{n} {g}" for g, n in results["test_groups"].items())
+        + f" (corruptions {results['test_corruptions']}). Target: the mean over TC, WT, ET of the true Dice against "
+        f"the consensus; failure = true mean Dice < {args.threshold}. Single scores are calibrated by a linear fit on "
+        "the training cases. Lower is better for MAE and AURC (the oracle's AURC is "
+        f"{net_all['aurc_optimal']:.3f}).",
+        "",
+        "## All test cases",
+        "",
+        md_table(all_rows, COLUMNS, fmt="{:.3f}"),
+        "",
+        "Targets for SegmentationQualityNet: "
+        + ", ".join(f"{k} {op} {v}: {'met' if met[k] else 'NOT met'}" for k, (op, v) in targets.items())
+        + f". Best baseline by Pearson: {best}. Cases with a score beyond 8 standard deviations of the training "
+        f"cases (flagged out of distribution by the predictor): {out_of_distribution}.",
+        "",
+        "## By corruption group",
+        "",
+        md_table(
+            [r for r in rows if r["subset"] != "all" and r["method"] in ("SegmentationQualityNet", best)],
+            COLUMNS,
+            fmt="{:.3f}",
+        ),
+        "",
+        "## Per region",
+        "",
+        md_table(region_rows, COLUMNS, fmt="{:.3f}"),
+        "",
+        f"Figure: `{args.name}.png` (risk-coverage; predicted vs true mean Dice). Wall time "
+        f"{results['seconds']:.0f} s, of which {simulate_seconds:.0f} s simulating cases not already on disk. Machine: "
+        f"{results['machine']['processor']}, {results['machine']['torch_threads']} threads.",
+    ]
+    json_path, md_path = write_results(args.name, results, "\n".join(lines))
+    print(f"wrote {json_path}, {md_path} and {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
