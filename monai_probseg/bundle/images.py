@@ -20,6 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.data import ITKReader
+from monai.data.utils import correct_nifti_header_if_necessary
 
 from monai_probseg.data import IMAGE_EXTENSIONS, NIFTI_EXTENSIONS
 
@@ -71,8 +72,10 @@ def read_geometry(path: str | os.PathLike) -> ImageGeometry:
         raise FileNotFoundError(f"'{path}' does not exist.")
     try:
         if is_nifti(path):
-            img = nib.load(path)
-            return ImageGeometry(path, tuple(int(s) for s in img.shape), np.asarray(img.affine, float), img)
+            img = nib.load(path)  # header only
+            # the affine MONAI's NibabelReader uses: it prefers the qform when the sform disagrees with the zooms
+            affine = np.asarray(correct_nifti_header_if_necessary(nib.load(path)).affine, float)
+            return ImageGeometry(path, tuple(int(s) for s in img.shape), affine, img)
         _, meta = _itk_read(path)
     except Exception as e:  # nibabel and ITK raise several types for broken files
         raise ValueError(f"cannot read '{path}' ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
