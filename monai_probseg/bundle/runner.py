@@ -15,12 +15,25 @@ image file::
     <case>_mutual_info.nii.gz  mutual information between the prediction and the sample (float32)
     <case>_variance.nii.gz     per-class variance of the sample probabilities, C volumes (float32)
 
-Robustness: a case's files are written into a temporary folder inside ``output_dir`` and moved into place only when
-all of them are complete, so a failure leaves no partial output; a bad case (missing or corrupt file, wrong number of
-modalities, files that disagree in shape or affine) is reported with its name and what is wrong, the other cases
-still run, and the run ends with an error listing the failed cases. The output folder is checked before any work,
-and the runner refuses to write into a folder that holds input files. Under ``torch.distributed`` every rank
-processes its share of the cases.
+Robustness:
+
+- inputs: NIfTI or any format MONAI's ``ITKReader`` reads (NRRD, MetaImage, a DICOM series folder); outputs are
+  NIfTI on the input's grid (:func:`~monai_probseg.bundle.save_like`: a NIfTI input's qform and sform with their
+  codes, another format's origin, spacing and direction);
+- settings and the data set are checked before any work (:mod:`monai_probseg.bundle.validation`: case ids that
+  could name a path outside ``output_dir`` or that repeat, a checkpoint that is missing or does not fit); an output
+  folder created for a run that stops there is removed again;
+- a bad case (missing or corrupt file, wrong number of modalities, files that disagree in shape or affine, NaN/Inf
+  voxels counted in the stored values, a resampling that collapses an axis, label values outside the classes when
+  evaluating) is reported with its name and what is wrong, the other cases still run, and the run ends with an
+  error listing the failed cases;
+- output sets are atomic: a case's files are written into ``output_dir/.partial-<pid>-*`` and moved into place
+  only when all of them are complete; such folders left by killed runs are removed; a case that fails or is skipped
+  has its outputs of an earlier run removed (with a warning); ``inference_summary.json`` lists every case with its
+  status (``written``, ``evaluation_failed``: maps written but not scored, ``failed``, ``skipped``) and which
+  outputs replaced an earlier run's;
+- the runner refuses to write into a folder that holds input files. Under ``torch.distributed`` every rank
+  processes its share of the cases.
 """
 
 from __future__ import annotations

@@ -64,27 +64,29 @@ def bundle_root(name: str) -> str:
 
 
 def latest_checkpoint(
-    ckpt_dir: str | os.PathLike, pattern: str = "checkpoint*.pt", required: bool = True
+    ckpt_dir: str | os.PathLike, pattern: str = "checkpoint*.pt", required: bool = False
 ) -> str | None:
     """The most recently written checkpoint in ``ckpt_dir`` matching ``pattern``.
 
     Args:
         ckpt_dir: the checkpoint folder.
         pattern: glob pattern of the checkpoint files (``CheckpointSaver``'s epoch checkpoints by default).
-        required: raise when there is none (the training configs' ``--resume True``); otherwise return ``None``.
+        required: raise when there is none (for ``--resume True``: the training configs evaluate this expression
+            even when they do not resume, so they pass ``required=@resume``; strings "true"/"1" count as true);
+            otherwise return ``None``.
 
     Raises:
         ConfigError: (``required``) no file matches, naming the folder.
 
     Example::
 
-        "resume_from": "$monai_probseg.bundle.latest_checkpoint(@ckpt_dir)"
+        "load_path": "$monai_probseg.bundle.latest_checkpoint(@ckpt_dir, required=@resume)"
     """
     folder = os.fspath(ckpt_dir)
     files = glob.glob(os.path.join(folder, pattern))
     if files:
         return max(files, key=os.path.getmtime)
-    if required:
+    if str(required).strip().lower() in ("true", "1"):
         state = "does not exist" if not os.path.isdir(folder) else "holds no file matching " + repr(pattern)
         raise ConfigError(
             f"--resume: ckpt_dir '{folder}' {state}: expected the checkpoints of an earlier run; pass that run's "

@@ -52,7 +52,7 @@ def test_bundle_root_config_from_any_directory(tmp_path, monkeypatch):
 
 
 def test_latest_checkpoint(tmp_path):
-    assert latest_checkpoint(tmp_path, required=False) is None
+    assert latest_checkpoint(tmp_path) is None
     for i, name in enumerate(["checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "model.pt"]):
         (tmp_path / name).write_bytes(b"")
         os.utime(tmp_path / name, (time.time() + i, time.time() + i))

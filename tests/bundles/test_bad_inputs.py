@@ -396,9 +396,10 @@ def test_foreign_checkpoint(data, tmp_path):
 def test_resume_with_empty_ckpt_dir(tmp_path):
     with pytest.raises(ConfigError, match=r"--resume: ckpt_dir '.*empty' holds no file matching 'checkpoint\*.pt'"):
         (tmp_path / "empty").mkdir()
-        latest_checkpoint(tmp_path / "empty")
+        latest_checkpoint(tmp_path / "empty", required=True)
     with pytest.raises(ConfigError, match="does not exist"):
-        latest_checkpoint(tmp_path / "missing")
+        latest_checkpoint(tmp_path / "missing", required=True)
+    assert latest_checkpoint(tmp_path / "empty") is None  # not resuming: nothing to load
 
 
 def test_output_dir_is_a_file(data, tmp_path):
@@ -435,21 +436,6 @@ def test_cli_duplicate_case_ids(data, tmp_path):
     line = _one_line_error(run_cli(args))
     assert f"case_id '{CASES[0]}' is used by items 0 and 1" in line and "dup.json" in line
     assert not out.exists()
-
-
-def test_resume_empty_ckpt_dir_in_train_config(phantoms, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    with pytest.raises(RuntimeError) as excinfo:
-        bundle_run(
-            config_file=config("brats_ssn", "train.json"),
-            dataset_dir=str(phantoms),
-            resume=True,
-            ckpt_dir=str(ckpt),
-            log_dir=str(tmp_path / "runs"),
-        )
-    assert f"--resume: ckpt_dir '{ckpt}' holds no file matching" in str(_user_error(excinfo))
-    assert os.listdir(ckpt) == []
 
 
 def test_concise_errors_hook(monkeypatch, capsys):

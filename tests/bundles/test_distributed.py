@@ -21,7 +21,8 @@ TORCHRUN = ["torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantoms")
-    return write_brats_phantoms(root, 4, (32, 32, 32), 2, seed=7, split=(0.5, 0.5, 0.0))
+    # 3 training cases and 1 validation case for 2 processes: the validation sampler pads (issue 15, item 9)
+    return write_brats_phantoms(root, 4, (32, 32, 32), 2, seed=7, split=(0.75, 0.25, 0.0))
 
 
 def test_torchrun_train_gloo(phantoms, tmp_path):
