@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_probseg.bundle.images import load_voxels, read_geometry
+from monai_probseg.bundle.images import ImageGeometry, load_voxels, read_geometry
 from monai_probseg.bundle.validation import check_case_id, check_unique_case_ids
 from monai_probseg.data import (
     IMAGE_EXTENSIONS,
@@ -450,7 +450,7 @@ class BundleDatalist:
         return sorted(folders)
 
 
-def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: float = 1e-3) -> None:
+def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: float = 1e-3) -> list[ImageGeometry]:
     """Check one case's image files before loading: count, existence, readable headers, equal shapes and affines.
 
     Files may be NIfTI or any format MONAI's ``ITKReader`` reads (:mod:`monai_probseg.bundle.images`).
@@ -460,6 +460,9 @@ def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: f
             checked after loading).
         modalities: the expected modality names (their number is the expected number of files).
         atol: tolerance on the affines.
+
+    Returns:
+        the :class:`~monai_probseg.bundle.ImageGeometry` of each image file.
 
     Raises:
         CaseError: with a message naming the file and what was expected.
@@ -483,6 +486,7 @@ def check_case_files(item: Mapping[str, Any], modalities: Sequence[str], atol: f
         check_same_geometry(headers, atol=atol)
     except ValueError as e:
         raise CaseError(str(e)) from e
+    return [geometry for _, _, geometry in headers]
 
 
 def find_unreadable(paths: Sequence[str]) -> str | None:

@@ -56,7 +56,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from monai_probseg.bundle.data import BundleDatalist, CaseError, check_case_files, find_non_finite, find_unreadable
 from monai_probseg.bundle.distributed import gather_objects, partition_items, rank_and_world_size
 from monai_probseg.bundle.evaluation import evaluate_case, write_metrics
-from monai_probseg.bundle.images import ImageGeometry, load_voxels, read_geometry, save_like
+from monai_probseg.bundle.images import ImageGeometry, load_voxels, save_like
 from monai_probseg.bundle.utils import load_weights
 from monai_probseg.bundle.validation import ConfigError, check_case_id, check_label_values, check_unique_case_ids
 from monai_probseg.metrics import BRATS_REGIONS, DEFAULT_UNCERTAINTY_MAPS
@@ -230,8 +230,9 @@ class ProbSegInferenceRunner:
         return items
 
     # ------------------------------------------------------------------ one case
-    def _preprocess(self, item: Mapping[str, Any]) -> MetaTensor:
-        check_case_files(item, self.modalities)
+    def _preprocess(self, item: Mapping[str, Any]) -> tuple[MetaTensor, ImageGeometry]:
+        """The preprocessed image of a case and the geometry of its first file (the outputs' reference)."""
+        reference = check_case_files(item, self.modalities)[0]
         try:
             data = self.preprocessing({"image": list(item["image"]) if len(item["image"]) > 1 else item["image"][0]})
         except Exception as e:
@@ -251,12 +252,11 @@ class ProbSegInferenceRunner:
                 or "the image holds NaN/Inf values after preprocessing although its files are finite: check the "
                 "bundle's preprocessing"
             )
-        self._check_resampling(item, image)
-        return image
+        self._check_resampling(item, image, reference)
+        return image, reference
 
-    def _check_resampling(self, item: Mapping[str, Any], image: torch.Tensor) -> None:
+    def _check_resampling(self, item: Mapping[str, Any], image: torch.Tensor, reference: ImageGeometry) -> None:
         """Refuse a preprocessing that collapses an axis of the input (e.g. a 0.02 mm voxel resampled to 1 mm)."""
-        reference = read_geometry(item["image"][0])
         spatial_dims = image.ndim - 1
         before = [int(v) for v in reference.shape[:spatial_dims]]
         after = [int(v) for v in image.shape[1:]]
@@ -332,9 +332,8 @@ class ProbSegInferenceRunner:
     def _run_case(self, item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float] | None]:
         start = time.perf_counter()
         case_id = str(item["case_id"])
-        image = self._preprocess(item)
+        image, reference = self._preprocess(item)
         maps = self._infer(image)
-        reference = read_geometry(item["image"][0])
         spatial_dims = image.ndim - 1
         arrays = {k: self._to_array(v) for k, v in maps.items()}
         ref_shape = tuple(reference.shape[:spatial_dims])
