@@ -441,12 +441,15 @@ class BundleDatalist:
         return out
 
     def input_folders(self) -> list[str]:
-        """Every folder holding an input file, plus the data set's root: folders a bundle must never write into."""
+        """Every folder holding an input file (and every DICOM series folder), plus the data set's root: folders a
+        bundle must never write into."""
         folders = {os.path.realpath(self.root)}
         for item in self.all_items():
             optional = [item[k] for k in _OPTIONAL_FILES if item.get(k)]
             for p in [*item["image"], *([item["label"]] if item["label"] else []), *item["raters"], *optional]:
                 folders.add(os.path.realpath(os.path.dirname(p)))
+                if os.path.isdir(p):  # a DICOM series folder
+                    folders.add(os.path.realpath(p))
         return sorted(folders)
 
 

@@ -44,6 +44,8 @@ from monai_probseg.utils import atomic_writes, remove_stale_partials
 
 from .utils import OUTPUT_KEYS, config, run_cli
 
+pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file", "ignore:Detected deprecated name")
+
 MODS = ("t1n", "t1c", "t2w", "t2f")
 SIZE = 32
 CASES = [f"BraTS-PHANTOM-{i:05d}-000" for i in range(2)]
