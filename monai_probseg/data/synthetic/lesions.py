@@ -349,12 +349,18 @@ def sample_oracle(
     return (out, idx.astype(np.int64)) if return_indices else out
 
 
-def match_modes(masks: np.ndarray | torch.Tensor, case: dict[str, Any]) -> np.ndarray:
-    """Index of the mode equal to each mask, ``-1`` where a mask equals none of the case's modes.
+def match_modes(masks: np.ndarray | torch.Tensor, case: dict[str, Any], min_iou: float | None = None) -> np.ndarray:
+    """Index of the mode equal to (or, with ``min_iou``, nearest to) each mask; ``-1`` where there is none.
+
+    A model's samples are rarely voxel-for-voxel equal to a mode; with ``min_iou`` each mask is assigned to the
+    mode of highest foreground IoU (``label > 0``; two empty masks have IoU 1) when that IoU is at least
+    ``min_iou``, which gives the sample frequency of each mode (see
+    :func:`~monai_probseg.visualize.plot_mode_frequencies`).
 
     Args:
         masks: ``(n, H, W)`` (or ``(H, W)``) label maps.
         case: a case of :func:`ambiguous_lesions_2d`.
+        min_iou: ``None`` (default): exact equality; a number in ``(0, 1]``: nearest mode by foreground IoU.
 
     Returns:
         int64 ``(n,)`` indices into ``case["modes"]``.
@@ -362,6 +368,7 @@ def match_modes(masks: np.ndarray | torch.Tensor, case: dict[str, Any]) -> np.nd
     Example::
 
         match_modes(case["label"], case)  # equals case["annotator_modes"]
+        match_modes(samples, case, min_iou=0.8)  # the mode each sample resembles, -1 for none
     """
     modes, _ = _mode_stack(case)
     m = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
@@ -371,8 +378,20 @@ def match_modes(masks: np.ndarray | torch.Tensor, case: dict[str, Any]) -> np.nd
         raise ValueError(f"masks must be (n, {', '.join(map(str, modes.shape[1:]))}), got {tuple(m.shape)}.")
     flat = m.reshape(len(m), -1)
     out = np.full(len(m), -1, dtype=np.int64)
-    for i, mode in enumerate(modes.reshape(len(modes), -1)):
-        out[(out < 0) & (flat == mode[None]).all(axis=1)] = i
+    if min_iou is None:
+        for i, mode in enumerate(modes.reshape(len(modes), -1)):
+            out[(out < 0) & (flat == mode[None]).all(axis=1)] = i
+        return out
+    if not 0.0 < float(min_iou) <= 1.0:
+        raise ValueError(f"min_iou must be in (0, 1] or None, got {min_iou!r}.")
+    fg = (flat > 0).astype(np.float64)
+    mode_fg = (modes.reshape(len(modes), -1) > 0).astype(np.float64)
+    inter = fg @ mode_fg.T
+    union = fg.sum(1, keepdims=True) + mode_fg.sum(1)[None] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)  # (n, M)
+    best = iou.argmax(1)
+    keep = iou[np.arange(len(m)), best] >= float(min_iou)
+    out[keep] = best[keep]
     return out
 
 

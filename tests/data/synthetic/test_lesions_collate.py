@@ -9,7 +9,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose, EnsureTyped, RandFlipd
 
-from monai_probseg.data import ambiguous_lesions_2d, sample_oracle
+from monai_probseg.data import ambiguous_lesions_2d, match_modes, sample_oracle
 
 
 @pytest.mark.parametrize("kind", ["dataset", "cache", "torch"])
@@ -37,3 +37,22 @@ def test_cases_collate(kind):
     params = batch["params"]
     assert params["contrast"].shape == (4,) and params["has_satellite"].dtype == torch.bool
     np.testing.assert_array_equal(torch.isnan(params["satellite"]).numpy(), ~params["has_satellite"].numpy())
+
+
+def test_match_modes_nearest():
+    case = ambiguous_lesions_2d(1, (32, 32), num_annotators=2, seed=3)[0]
+    names = case["mode_names"]
+    tight = case["modes"][names.index("tight")][0]
+    generous = case["modes"][names.index("generous")][0]
+    noisy = tight.copy()
+    noisy[tight.nonzero()[0][0], tight.nonzero()[1][0]] = 0  # one voxel off: no exact match
+    empty = np.zeros_like(tight)
+    masks = np.stack([tight, noisy, generous, empty])
+    exact = match_modes(masks, case)
+    assert exact[0] == names.index("tight") and exact[1] == -1
+    nearest = match_modes(masks, case, min_iou=0.9)
+    assert list(nearest[:3]) == [names.index("tight"), names.index("tight"), names.index("generous")]
+    expected_empty = names.index("empty") if "empty" in names else -1
+    assert nearest[3] == expected_empty  # an empty mask is near only an empty mode
+    with pytest.raises(ValueError, match="min_iou"):
+        match_modes(masks, case, min_iou=0.0)
