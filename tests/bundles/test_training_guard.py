@@ -107,3 +107,24 @@ def test_init_checkpoint_starts_from_shipped_weights(bundle, tmp_path):
     while cause.__cause__ is not None:
         cause = cause.__cause__
     assert "missing.pt" in str(cause)
+
+
+@pytest.mark.parametrize("bundle", ["brats_ssn", "lesions2d_prob_unet"])
+def test_resume_without_checkpoints_names_the_folder(bundle, tmp_path):
+    datalist, overrides = _small(bundle, tmp_path / "data")
+    with pytest.raises(Exception) as info:
+        run(
+            config_file=config(bundle, "train.json"),
+            logging_file=False,
+            dataset_dir=datalist,
+            ckpt_dir=str(tmp_path / "empty"),
+            log_dir=str(tmp_path / "runs"),
+            resume=True,
+            max_epochs=1,
+            epoch_length=1,
+            **overrides,
+        )
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert "--resume" in str(cause) and "empty" in str(cause)
