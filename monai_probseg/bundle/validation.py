@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_probseg.metrics import check_label_range
+
 __all__ = [
     "ConfigError",
     "check_case_id",
@@ -98,7 +100,11 @@ def check_unique_case_ids(items: Sequence[Mapping[str, Any]], where: str) -> Non
 
 
 def check_label_values(values: np.ndarray | torch.Tensor, num_classes: int, what: str, et_hint: bool = True) -> None:
-    """Check that a label map only holds the labels ``0 .. num_classes - 1``.
+    """Check that a label map only holds the labels ``0 .. num_classes - 1``, with a file-level message.
+
+    The range test itself is :func:`monai_probseg.metrics.check_label_range` (one pass, no sorting); this wrapper
+    also accepts float maps (NIfTI label files are often stored as floats), lists every value found and adds the
+    BraTS hint.
 
     Args:
         values: the label map (any shape).
@@ -110,8 +116,15 @@ def check_label_values(values: np.ndarray | torch.Tensor, num_classes: int, what
         ValueError: e.g. ``label file 'c-seg.nii.gz' has values [0, 1, 2, 4], expected labels 0, 1, 2, 3 ...``.
     """
     arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    if arr.size == 0 or (np.issubdtype(arr.dtype, np.integer) and 0 <= arr.min() and arr.max() < num_classes):
-        return  # the common case, without sorting the volume
+    if arr.size == 0:
+        return
+    if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_):
+        try:  # the common case, one pass without sorting the volume: the metrics' range check
+            ints = arr.astype(np.int64) if arr.dtype in (np.uint16, np.uint32, np.uint64) else arr
+            check_label_range(torch.from_numpy(np.ascontiguousarray(ints)), int(num_classes), what)
+            return
+        except ValueError:
+            pass  # below: the file-level message (every value found, the BraTS hint)
     found = np.unique(arr)
     expected = np.arange(int(num_classes))
     if np.isin(found, expected).all():
