@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README "Quick start"):
 #   make demo   set everything up, then run the main job
-#   make test   set everything up, then run lint, the test suite and the docs build
+#   make test   set everything up, then run lint, the test suite, the tutorials (fast mode) and the docs build
 # Both create (or reuse) a virtual environment in .venv and are idempotent.
 
 PYTHON ?= python3
@@ -34,6 +34,7 @@ docs: $(STAMP)
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
+	OMP_NUM_THREADS=1 MONAI_PROBSEG_FAST=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --nbmake --nbmake-timeout=600 tutorials
 	$(MAKE) --no-print-directory docs
 
 clean:
