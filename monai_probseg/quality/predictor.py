@@ -33,11 +33,11 @@ class QualityPredictor:
     """Stage 2 of DeVries & Taylor (2018): the predicted Dice per region and a failure flag for one case.
 
     It computes the scalar scores (:py:func:`~monai_probseg.metrics.quality_scores`), builds the network input
-    (:py:func:`~monai_probseg.quality.quality_net_inputs`) and runs the :py:class:`~monai_probseg.networks.nets.
-    SegmentationQualityNet`. A case whose standardised scores lie far outside those of the training cases (any
-    ``|z| > ood_z``, with the statistics stored in the network's ``score_mean`` / ``score_std`` buffers) is unlike
-    anything the predictor saw: it is reported with ``"out_of_distribution": true`` and flagged as a failure rather
-    than trusted.
+    (:py:func:`~monai_probseg.quality.quality_net_inputs`) and runs the
+    :py:class:`~monai_probseg.networks.nets.SegmentationQualityNet`. A case whose standardised scores lie far outside
+    those of the training cases (any ``|z| > ood_z``, with the statistics stored in the network's ``score_mean`` /
+    ``score_std`` buffers) is unlike anything the predictor saw: it is reported with ``"out_of_distribution": true``
+    and flagged as a failure rather than trusted.
 
     Args:
         network: the quality network (its ``num_scores`` must be 0 or ``len(score_names(regions))``).

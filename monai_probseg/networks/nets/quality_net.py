@@ -41,8 +41,8 @@ class SegmentationQualityNet(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: input channels (4 MRI modalities + 4 class probabilities + entropy + mutual information = 10 for
             the BraTS bundles).
-        num_regions: number of predicted Dice values (3 for BraTS: TC, WT, ET in :data:`~monai_probseg.metrics.
-            BRATS_REGIONS` order; 1 for a 2D lesion).
+        num_regions: number of predicted Dice values (3 for BraTS: TC, WT, ET, the order of
+            :data:`~monai_probseg.metrics.BRATS_REGIONS`; 1 for a 2D lesion).
         channels: output channels of each encoder level.
         strides: stride of each level (one per entry of ``channels``).
         num_res_units: residual sub-units per level (0: a plain ``Convolution``).
