@@ -21,6 +21,8 @@ Compared on the mean over TC, WT, ET of the true Dice against the consensus (bot
   map, so its Pearson, Spearman, AUROC and AURC are those of the raw score; the MAE needs the calibration).
 
 The regressions are fitted on the training cases of ``train_quality.json`` (``--train-data``, generated if missing).
+Simulated cases are cached under ``outputs/brats_ssn_quality/`` and tagged with the stage-1 weights' fingerprint: after
+the stage-1 weights change, the script stops (delete the cache, retrain the quality model with ``train_quality.json``).
 Metrics: Pearson, Spearman, MAE, failure AUROC (true mean Dice < 0.7), area under the risk-coverage curve (AURC).
 
 Run::
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate_seconds": simulate_seconds,
         "seconds": time.perf_counter() - start,
         "num_train_cases": len(train["records"]),
+        "stage1_fingerprint": test["records"][0]["meta"].get("stage1_fingerprint"),
         "test_groups": {g: int((groups == g).sum()) for g in ("clean", "seen", "held-out")},
         "test_corruptions": {c: int(sum(r["meta"]["corruption"] == c for r in test["records"])) for c in set(
             r["meta"]["corruption"] for r in test["records"])},

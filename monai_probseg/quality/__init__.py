@@ -20,6 +20,7 @@ from .data import (
     score_statistics,
     score_vector,
     simulate_quality_case,
+    weights_fingerprint,
 )
 from .predictor import QualityPredictor
 from .regression import ScoreRegressor

@@ -18,6 +18,7 @@ bundle (intensity normalisation, the bundle's stochastic sliding-window inferer)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "score_names",
     "score_vector",
     "simulate_quality_case",
+    "weights_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,6 +214,19 @@ def simulate_quality_case(
     }
 
 
+def weights_fingerprint(network: torch.nn.Module) -> str:
+    """A short SHA-256 of a network's state dict (names, shapes and values, in name order): which stage-1 weights made
+    a quality case. Cases made with other weights than the current ones are stale (the quality model must be
+    retrained when the stage-1 model changes)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(network.state_dict().items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def generate_quality_dataset(
     network: torch.nn.Module,
     inferer: Callable[[torch.Tensor, torch.nn.Module], dict],
@@ -226,7 +241,8 @@ def generate_quality_dataset(
     """Simulate cases ``start .. start + num_cases - 1`` (:func:`simulate_quality_case`) and store each as
     ``<out_dir>/case_<seed>_<index>.npz`` (``inputs`` of :func:`quality_net_inputs` at ``input_size`` in float16,
     ``scores`` as :func:`score_vector`, ``true_dice`` in region order) plus ``<out_dir>/case_<seed>_<index>.json``
-    (scores, true Dice and meta). Cases already on disk are skipped, so an interrupted run resumes.
+    (scores, true Dice and meta, with the stage-1 :func:`weights_fingerprint`). Cases already on disk are skipped, so
+    an interrupted run resumes; a case made with other stage-1 weights raises a ``ValueError`` (use a fresh folder).
 
     Returns:
         ``out_dir``.
@@ -235,9 +251,17 @@ def generate_quality_dataset(
     os.makedirs(out_dir, exist_ok=True)
     regions = case_kwargs.get("regions", BRATS_REGIONS)
     indices = range(int(start), int(start) + int(num_cases))
+    fingerprint = weights_fingerprint(network)
     for index in tqdm(indices, desc="quality cases", disable=not progress):
         name = f"case_{seed}_{index:05d}"
         if os.path.exists(os.path.join(out_dir, name + ".json")):
+            with open(os.path.join(out_dir, name + ".json")) as f:
+                made_with = json.load(f)["meta"].get("stage1_fingerprint")
+            if made_with != fingerprint:
+                raise ValueError(
+                    f"{name} in {out_dir!r} was made with other stage-1 weights (fingerprint {made_with}, now "
+                    f"{fingerprint}): use a fresh folder, and retrain the quality model on it."
+                )
             continue
         case = simulate_quality_case(network, inferer, seed, index, **case_kwargs)
         x = quality_net_inputs(
@@ -249,7 +273,8 @@ def generate_quality_dataset(
             "true_dice": np.asarray([case["true_dice"][r] for r in regions], dtype=np.float32),
         }
         atomic_write(os.path.join(out_dir, name + ".npz"), lambda p, a=arrays: _save_npz(p, a))
-        record = {"case_id": name, "scores": case["scores"], "true_dice": case["true_dice"], "meta": case["meta"]}
+        meta = {**case["meta"], "stage1_fingerprint": fingerprint}
+        record = {"case_id": name, "scores": case["scores"], "true_dice": case["true_dice"], "meta": meta}
         write_json_atomic(record, os.path.join(out_dir, name + ".json"))
         logger.info("%s %s dice %s", name, case["meta"], case["true_dice"])
     return out_dir

@@ -160,3 +160,7 @@ def test_generate_load_and_datalist(tmp_path):
     assert data["records"][0]["meta"]["corruption"] == "blur" and data["records"][0]["meta"]["seed"] == 5
     items = quality_datalist(tmp_path, "validation", val_fraction=0.5)
     assert len(items) == 1 and items[0]["case_id"] == "case_5_00001"
+    generate_quality_dataset(network, inferer, tmp_path, 2, seed=5, **kwargs)  # on disk: skipped
+    other = UNet(3, 4, 4, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    with pytest.raises(ValueError, match="other stage-1 weights"):
+        generate_quality_dataset(other, inferer, tmp_path, 2, seed=5, **kwargs)
