@@ -78,6 +78,8 @@ def summarise_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
         ref = nib.load(reference)
         files, affine_ok, sitk_ok = {}, True, True
         for key, out_path in case["outputs"].items():
+            if not out_path.endswith((".nii", ".nii.gz")):  # the <case>_quality.json
+                continue
             img = nib.load(out_path)
             files[key] = (out_path, tuple(int(s) for s in img.shape))
             affine_ok &= bool(np.allclose(img.affine, ref.affine, atol=1e-4))
@@ -117,6 +119,18 @@ def format_report(report: dict[str, Any]) -> str:
                 low, high = plaus["sample_volume_ratio_min"], plaus["sample_volume_ratio_max"]
                 text += f", sample/mean tumour volume {low:.2f}-{high:.2f}"
             lines.append(text)
+        quality = case.get("quality")
+        if quality:
+            dice = ", ".join(f"{k} {v:.3f}" for k, v in quality["predicted_dice"].items())
+            flag = (
+                f"FLAGGED for review (below {quality['failure_threshold']:.2f})"
+                if quality["failure"]
+                else "not flagged"
+            )
+            lines.append(
+                f"    predicted Dice ({quality['quality_model']}): {dice}, mean {quality['predicted_dice_mean']:.3f}: "
+                f"{flag}"
+            )
         for warning in case.get("warnings") or []:
             lines.append(f"    WARNING: {warning}")
         for key, (path, shape) in case["files"].items():

@@ -39,6 +39,7 @@ Robustness:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import tempfile
@@ -62,6 +63,7 @@ from monai_probseg.bundle.validation import ConfigError, check_case_id, check_la
 from monai_probseg.metrics import BRATS_REGIONS, DEFAULT_UNCERTAINTY_MAPS
 from monai_probseg.metrics import CASE_OUTPUTS as SAVED_OUTPUTS
 from monai_probseg.metrics.plausibility import plausibility_scores, plausibility_warnings
+from monai_probseg.metrics.quality import quality_prediction_metrics
 from monai_probseg.utils import atomic_writes, remove_stale_partials, write_json_atomic
 
 __all__ = ["SAVED_OUTPUTS", "InferenceFailedError", "ProbSegInferenceRunner", "format_plausibility", "save_like"]
@@ -123,6 +125,13 @@ class ProbSegInferenceRunner:
             HM-IoU of the samples, ECE) and write ``metrics.json``/``metrics.csv``; a case without label or raters
             then fails.
         progress: show a progress bar over the cases.
+        quality: a segmentation-quality estimate called as ``quality(case_id, image (1, C_in, *spatial), outputs)``
+            on the inferer's outputs in network space (DeVries & Taylor 2018 stage 2, e.g.
+            :py:class:`~monai_probseg.quality.QualityPredictor` or
+            :py:class:`~monai_probseg.quality.SampleAgreementQuality`) and returning the
+            :py:func:`~monai_probseg.metrics.quality_report` dict; written as ``<case>_quality.json`` with the
+            case's maps. The summary then ranks the cases worst first (``quality_ranking``), lists the flagged ones
+            (``flagged``) and the log names them. ``None``: no quality estimate.
         on_failure: ``"exit"`` ends with ``SystemExit`` (exit status 1, a one-paragraph message, no traceback) when
             any case failed; ``"raise"`` raises :py:class:`InferenceFailedError`; ``"ignore"`` only logs.
 
@@ -153,8 +162,10 @@ class ProbSegInferenceRunner:
         progress: bool = True,
         on_failure: str = "exit",
         plausibility_limits: Mapping[str, float] | None = None,
+        quality: Callable[..., Mapping[str, Any]] | None = None,
     ) -> None:
         self.network = network
+        self.quality = quality
         self.plausibility_limits = dict(plausibility_limits or {})
         self.inferer = inferer
         self.data = data
@@ -278,10 +289,15 @@ class ProbSegInferenceRunner:
                 100 * ratio,
             )
 
-    def _infer(self, image: MetaTensor) -> dict[str, MetaTensor]:
+    def _infer(self, image: MetaTensor, case_id: str) -> tuple[dict[str, MetaTensor], dict[str, Any] | None]:
         device = self.device if self.device is not None else next(self.network.parameters()).device
         with torch.no_grad():
             result = self.inferer(image[None].to(device), self.network)
+        quality = None
+        if self.quality is not None:  # in network space, before the inversion (what the estimate was trained on)
+            raw = image.as_tensor() if isinstance(image, MetaTensor) else image
+            plain = {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in result.items()}
+            quality = dict(self.quality(case_id, raw[None], plain))
         missing = [k for k in self.outputs if k not in result]
         if missing:
             raise RuntimeError(
@@ -303,7 +319,7 @@ class ProbSegInferenceRunner:
             value = inverted[key]
             value = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
             out[key] = value.round().to(torch.uint8) if key in _LABEL_OUTPUTS else value.float()
-        return out
+        return out, quality
 
     def _to_array(self, value: torch.Tensor) -> np.ndarray:
         arr = value.detach().cpu().numpy()
@@ -312,7 +328,8 @@ class ProbSegInferenceRunner:
 
     def _case_files(self, case_id: str) -> list[str]:
         """The output files of a case under their final names."""
-        return [os.path.join(self.output_dir, f"{case_id}_{key}.nii.gz") for key in SAVED_OUTPUTS]
+        files = [os.path.join(self.output_dir, f"{case_id}_{key}.nii.gz") for key in SAVED_OUTPUTS]
+        return files + [os.path.join(self.output_dir, f"{case_id}_quality.json")]
 
     def _remove_outputs(self, case_id: str) -> list[str]:
         """Remove a case's outputs of an earlier run (it failed or was skipped now: they would be stale)."""
@@ -333,7 +350,7 @@ class ProbSegInferenceRunner:
         start = time.perf_counter()
         case_id = str(item["case_id"])
         image, reference = self._preprocess(item)
-        maps = self._infer(image)
+        maps, quality = self._infer(image, case_id)
         spatial_dims = image.ndim - 1
         arrays = {k: self._to_array(v) for k, v in maps.items()}
         ref_shape = tuple(reference.shape[:spatial_dims])
@@ -362,6 +379,13 @@ class ProbSegInferenceRunner:
                 save_like(arrays[key], reference, staged(name), dtype)
                 written[key] = os.path.join(self.output_dir, name)
                 if os.path.exists(written[key]):
+                    overwritten.append(name)
+            if quality is not None:
+                name = f"{case_id}_quality.json"
+                with open(staged(name), "w") as f:
+                    json.dump(quality, f, indent=2)
+                written["quality"] = os.path.join(self.output_dir, name)
+                if os.path.exists(written["quality"]):
                     overwritten.append(name)
         if overwritten:
             logger.info("case '%s': overwrote the outputs of an earlier run (%d files)", case_id, len(overwritten))
@@ -395,6 +419,8 @@ class ProbSegInferenceRunner:
             "outputs": written,
             "overwritten": overwritten,
         }
+        if quality is not None:
+            summary["quality"] = quality
         if evaluation_error is not None:
             summary["evaluation_error"] = evaluation_error
         return summary, scores
@@ -543,6 +569,11 @@ class ProbSegInferenceRunner:
                     status[case_id] = {**status[case_id], "status": "evaluation_failed", "message": failed[case_id]}
                     logger.error("case '%s': %s", case_id, failed[case_id])
                 if scores is not None:
+                    if "quality" in summary:  # predicted beside true Dice in metrics.csv
+                        predicted = summary["quality"]["predicted_dice"]
+                        scores.update({f"predicted_dice_{k}": float(v) for k, v in predicted.items()})
+                        scores["predicted_dice_mean"] = float(summary["quality"]["predicted_dice_mean"])
+                        scores["true_dice_mean"] = float(np.mean([scores[f"dice_{k}"] for k in predicted]))
                     metrics[case_id] = scores
                 vols = ", ".join(f"{k} {v:.2f} {summary['volume_unit']}" for k, v in summary["volumes"].items())
                 logger.info(
@@ -557,6 +588,17 @@ class ProbSegInferenceRunner:
                 if summary["warnings"]:
                     logger.warning(
                         "case '%s': the samples and maps look implausible: %s", case_id, "; ".join(summary["warnings"])
+                    )
+                if "quality" in summary:
+                    q = summary["quality"]
+                    logger.log(
+                        logging.WARNING if q["failure"] else logging.INFO,
+                        "case '%s': predicted Dice %s (mean %.3f, %s)%s",
+                        case_id,
+                        ", ".join(f"{k} {v:.3f}" for k, v in q["predicted_dice"].items()),
+                        q["predicted_dice_mean"],
+                        q["quality_model"],
+                        f": flagged for review (below {q['failure_threshold']:.2f})" if q["failure"] else "",
                     )
 
         gathered = gather_objects((summaries, failed, skipped, metrics, status))
@@ -577,6 +619,18 @@ class ProbSegInferenceRunner:
             "overwritten": overwritten,
             "case_status": case_status,
         }
+        rated = [s for s in summaries if "quality" in s]
+        if rated:  # worst first: the order in which a person reviews them
+            ranking = sorted(rated, key=lambda s: s["quality"]["predicted_dice_mean"])
+            result["quality_ranking"] = [
+                {
+                    "case_id": s["case_id"],
+                    "predicted_dice_mean": s["quality"]["predicted_dice_mean"],
+                    "failure": s["quality"]["failure"],
+                }
+                for s in ranking
+            ]
+            result["flagged"] = [s["case_id"] for s in ranking if s["quality"]["failure"]]
         if rank == 0:
             write_json_atomic(
                 {"output_dir": self.output_dir, "num_cases": len(items), "selection": selection, **result},
@@ -585,7 +639,23 @@ class ProbSegInferenceRunner:
         if self.evaluate:
             result["metrics"] = metrics
             if rank == 0:
-                extra = {"failed": failed, "skipped": skipped}
+                extra: dict[str, Any] = {"failed": failed, "skipped": skipped}
+                rated = [m for m in metrics.values() if "predicted_dice_mean" in m]
+                if len(rated) >= 2:  # how well the quality estimate ranks and flags the cases (DeVries & Taylor)
+                    threshold = float(summaries[0]["quality"]["failure_threshold"])
+                    extra["quality_prediction"] = {
+                        **quality_prediction_metrics(
+                            [m["predicted_dice_mean"] for m in rated], [m["true_dice_mean"] for m in rated], threshold
+                        ),
+                        "failure_threshold": threshold,
+                    }
+                    logger.info(
+                        "quality estimate vs true mean Dice over %d case(s): %s",
+                        len(rated),
+                        ", ".join(
+                            f"{k} {v:.3f}" for k, v in extra["quality_prediction"].items() if isinstance(v, float)
+                        ),
+                    )
                 json_path, csv_path = write_metrics(metrics, self.output_dir, extra=extra)
                 logger.info("metrics of %d case(s): %s, %s", len(metrics), json_path, csv_path)
         counts = {s: sum(c["status"] == s for c in case_status) for s in ("written", "evaluation_failed", "failed")}
@@ -603,6 +673,13 @@ class ProbSegInferenceRunner:
                 "%d case(s) skipped (see 'case_status' in inference_summary.json): %s",
                 len(skipped),
                 "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+            )
+        if result.get("flagged"):
+            logger.warning(
+                "%d case(s) flagged for review by the quality estimate (worst first, see 'quality_ranking' in "
+                "inference_summary.json): %s",
+                len(result["flagged"]),
+                ", ".join(result["flagged"]),
             )
         if implausible:
             logger.warning(

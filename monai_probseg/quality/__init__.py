@@ -22,5 +22,5 @@ from .data import (
     simulate_quality_case,
     weights_fingerprint,
 )
-from .predictor import QualityPredictor
+from .predictor import QualityPredictor, SampleAgreementQuality
 from .regression import ScoreRegressor

@@ -17,7 +17,7 @@ from monai_probseg.metrics.regions import BRATS_REGIONS
 from monai_probseg.networks.nets.quality_net import SegmentationQualityNet
 from monai_probseg.quality.data import quality_net_inputs, score_names, score_vector
 
-__all__ = ["QualityPredictor"]
+__all__ = ["QualityPredictor", "SampleAgreementQuality"]
 
 #: scores reported in every quality JSON (more are computed)
 REPORTED_SCORES = (
@@ -154,3 +154,67 @@ class QualityPredictor:
         if ood:
             report["failure"] = True  # unlike the training cases: send it to a person rather than trust it
         return report
+
+
+class SampleAgreementQuality:
+    """An untrained quality estimate for bundles without a trained stage-2 network: the predicted Dice of a region
+    is the mean Dice between pairs of the case's samples for that region (``sample_dice_agreement_<R>`` of
+    :py:func:`~monai_probseg.metrics.quality_scores`).
+
+    Samples that agree with each other are the premise of sample-based quality control (Roy et al. 2018 use the
+    agreement of MC-dropout samples as a segmentation-quality proxy); it is also the strongest single-score baseline
+    of ``benchmarks/results/quality.md``. It is not calibrated to the true Dice (a model can be consistently wrong),
+    so its reports name ``"quality_model": "sample_dice_agreement"``; a bundle that ships a trained
+    :py:class:`QualityPredictor` uses that instead. Two empty sample masks agree perfectly: a confident empty
+    prediction is a high-quality result.
+
+    Args:
+        regions: region name -> labels.
+        failure_threshold: predicted mean Dice below which a case is flagged.
+
+    Example::
+
+        quality = SampleAgreementQuality(LESION_REGIONS)
+        report = quality("case-0", image, inferer(image, net))  # outputs with prob, entropy, mutual_info, samples
+    """
+
+    def __init__(
+        self, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS, failure_threshold: float = DEFAULT_FAILURE_THRESHOLD
+    ) -> None:
+        self.regions = dict(regions)
+        self.failure_threshold = float(failure_threshold)
+
+    def __call__(
+        self,
+        case_id: str,
+        image: torch.Tensor,
+        outputs: Mapping[str, torch.Tensor],
+        brain: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The ``<case>_quality.json`` dict of one case; ``outputs`` as for :py:meth:`QualityPredictor.predict`
+        (``samples`` required)."""
+        for key in ("prob", "entropy", "mutual_info", "samples"):
+            if key not in outputs:
+                raise KeyError(f"outputs miss {key!r}; the inferer must return prob, entropy, mutual_info and samples.")
+        prob = outputs["prob"].detach().float().cpu()[0]
+        if brain is None:
+            brain = image.detach().cpu()[0].ne(0).any(0)
+        scores = quality_scores(
+            prob,
+            outputs["entropy"].detach().float().cpu()[0],
+            outputs["mutual_info"].detach().float().cpu()[0],
+            outputs["samples"].detach().cpu()[0],
+            self.regions,
+            brain,
+        )
+        dice = {name: min(max(scores[f"sample_dice_agreement_{name}"], 0.0), 1.0) for name in self.regions}
+        return quality_report(
+            case_id,
+            dice,
+            {name: scores[name] for name in REPORTED_SCORES if name in scores},
+            self.failure_threshold,
+            "sample_dice_agreement",
+            out_of_distribution=False,
+            **extra,
+        )

@@ -18,6 +18,7 @@ import monai_probseg.bundle.runner as runner_module
 from monai_probseg.bundle import SAVED_OUTPUTS, BundleDatalist, InferenceFailedError, ProbSegInferenceRunner
 from monai_probseg.data import write_brats_phantoms
 from monai_probseg.inferers import StochasticSlidingWindowInferer
+from monai_probseg.metrics import quality_report
 from monai_probseg.networks.nets import StochasticSegmentationNetwork
 
 from ..bundles.utils import folder_hash
@@ -208,3 +209,43 @@ def test_plausibility_in_summary(dataset, tmp_path, caplog):
     flagged = [c["case_id"] for c in summary["cases"] if c["warnings"]]
     assert summary["implausible"] == result["implausible"] == flagged and flagged
     assert any(flagged[0] in r.getMessage() and "implausible" in r.getMessage() for r in caplog.records)
+
+
+class _FixedQuality:
+    """A quality estimate with known answers: case 0 looks good, every other case poor."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, case_id, image, outputs):
+        self.seen.append((case_id, tuple(image.shape), tuple(outputs["prob"].shape)))
+        dice = 0.9 if case_id.endswith("00000-000") else 0.3
+        return quality_report(case_id, {"TC": dice, "WT": dice, "ET": dice}, {"mean_entropy": 0.1}, 0.7, "fixed")
+
+
+def test_quality_reports_ranking_and_evaluation(dataset, tmp_path, caplog):
+    items = BundleDatalist(str(dataset)).items()[:2]
+    quality = _FixedQuality()
+    with caplog.at_level("WARNING", logger="monai_probseg.bundle.runner"):
+        result = _runner(items, tmp_path / "out", quality=quality, evaluate=True).run()
+    # called in network space (normalised image, maps before inversion), once per case
+    assert [s[0] for s in quality.seen] == [it["case_id"] for it in items]
+    assert all(s[1][:2] == (1, 4) and s[2][:2] == (1, 4) for s in quality.seen)
+    for item in items:
+        with open(tmp_path / "out" / f"{item['case_id']}_quality.json") as f:
+            assert json.load(f)["quality_model"] == "fixed"
+    poor = items[1]["case_id"]
+    assert [r["case_id"] for r in result["quality_ranking"]] == [poor, items[0]["case_id"]]  # worst first
+    assert result["flagged"] == [poor] and poor in caplog.text and "flagged for review" in caplog.text
+    with open(tmp_path / "out" / "metrics.json") as f:
+        metrics = json.load(f)
+    case = metrics["cases"][poor]
+    assert case["predicted_dice_mean"] == pytest.approx(0.3)
+    assert case["true_dice_mean"] == pytest.approx(np.mean([case["dice_TC"], case["dice_WT"], case["dice_ET"]]))
+    assert set(metrics["quality_prediction"]) >= {"pearson", "spearman", "mae", "auroc", "aurc", "failure_threshold"}
+
+    # a rerun where the poor case fails: its quality report goes with its maps (no stale report)
+    broken = dict(items[1], image=[str(tmp_path / "missing-t1n.nii.gz"), *items[1]["image"][1:]])
+    _runner([items[0], broken], tmp_path / "out", quality=_FixedQuality(), on_failure="ignore").run()
+    assert not os.path.exists(tmp_path / "out" / f"{poor}_quality.json")
+    assert os.path.exists(tmp_path / "out" / f"{items[0]['case_id']}_quality.json")

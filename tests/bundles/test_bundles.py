@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 
 from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
+from monai_probseg.metrics import QUALITY_REPORT_KEYS
 
 from .utils import BUNDLES_DIR, SCHEMA, check_outputs, config
 
@@ -88,8 +89,24 @@ def test_inference_small_phantoms(bundle, tmp_path):
         summary = json.load(f)
     assert len(summary["cases"]) == 2 and summary["failed"] == {}
     num_classes = ConfigParser.load_config_file(config(bundle, "inference.json"))["num_classes"]
+    regions = ("lesion",) if bundle.startswith("lesions2d") else ("TC", "WT", "ET")
     for case in summary["cases"]:
         check_outputs(out, case["case_id"], case["inputs"]["image"][0], num_samples=4, num_classes=num_classes)
+        with open(out / f"{case['case_id']}_quality.json") as f:  # DeVries & Taylor stage 2, next to the maps
+            quality = json.load(f)
+        assert list(quality)[: len(QUALITY_REPORT_KEYS)] == list(QUALITY_REPORT_KEYS)
+        assert quality["case_id"] == case["case_id"] and tuple(quality["predicted_dice"]) == regions
+        assert all(0.0 <= v <= 1.0 for v in quality["predicted_dice"].values())
+        mean = sum(quality["predicted_dice"].values()) / len(regions)
+        assert abs(quality["predicted_dice_mean"] - mean) < 1e-9
+        assert quality["failure"] == (mean < quality["failure_threshold"]) or quality.get("out_of_distribution")
+        assert {"mean_entropy", "sample_dice_agreement"} <= set(quality["scores"])
+        assert quality["quality_model"] == (
+            "SegmentationQualityNet" if bundle == "brats_ssn" else "sample_dice_agreement"
+        )
+    ranking = [r["predicted_dice_mean"] for r in summary["quality_ranking"]]
+    assert ranking == sorted(ranking) and len(ranking) == 2  # worst first
+    assert summary["flagged"] == [r["case_id"] for r in summary["quality_ranking"] if r["failure"]]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
