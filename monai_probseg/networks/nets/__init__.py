@@ -5,5 +5,5 @@ from __future__ import annotations
 
 from .diffusion_seg import DiffusionSegmentation
 from .prob_unet import ProbabilisticUNet, ProbUNet
-from .ssn import SSN, StochasticSegmentationNetwork
 from .quality_net import SegmentationQualityNet
+from .ssn import SSN, StochasticSegmentationNetwork
