@@ -11,7 +11,9 @@ that both can use one definition of each formula (see docs/design.rst):
 - :py:func:`low_rank_sample`: samples ``mean + P @ eps + sqrt(D) * eta`` of the low-rank normal over logits of
   Stochastic Segmentation Networks (Monteiro et al., NeurIPS 2020), used by the network's sampler and by the Monte
   Carlo likelihood of its loss;
-- :py:func:`variance_to_std`: ``sqrt`` of the covariance diagonal with a finite gradient at 0 (used by the sampler).
+- :py:func:`variance_to_std`: ``sqrt`` of the covariance diagonal with a finite gradient at 0 (used by the sampler);
+- :py:func:`gaussian_log_density`: ``log N(x; mean, exp(log_var))`` element-wise, the intensity likelihood of the
+  anatomical-prior segmentation model (Dalca et al., CVPR 2018) and of its ELBO loss.
 
 Low-rank parameter maps (never a dense ``(C V) x (C V)`` covariance) for ``C`` classes and rank ``R``:
 ``mean`` ``(B, C, *spatial)``, ``cov_factor`` ``(B, C * R, *spatial)`` with channel ``c * R + r`` holding column
@@ -28,7 +30,7 @@ import torch
 
 from monai_probseg.utils import check_positive_int, make_generator
 
-__all__ = ["MIN_VARIANCE", "gaussian_kl_divergence", "low_rank_sample", "variance_to_std"]
+__all__ = ["MIN_VARIANCE", "gaussian_kl_divergence", "gaussian_log_density", "low_rank_sample", "variance_to_std"]
 
 # variances at or below this are treated as 0 by the low-rank sampler (see variance_to_std)
 MIN_VARIANCE = 1e-12
@@ -77,6 +79,39 @@ def gaussian_kl_divergence(
     variance_ratio = torch.exp((2.0 * (log_sigma_q - log_sigma_p)).clamp(max=max_exponent))
     mean_term = torch.exp((2.0 * (log_abs_diff - log_sigma_p)).clamp(max=max_exponent))
     return (log_sigma_p - log_sigma_q) + 0.5 * (variance_ratio + mean_term) - 0.5
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Element-wise log-density ``log N(x; mean, sigma^2)`` of a Gaussian with log-variance ``log_var``.
+
+    ``-(log(2 pi) + log_var + (x - mean)^2 exp(-log_var)) / 2``, computed in at least float32 (half-precision
+    inputs give a float32 result) and broadcast over the inputs. The squared residual is scaled as
+    ``exp(2 log|x - mean| - log_var)``, clamped below the dtype's overflow, so extreme intensities with a tiny
+    variance give a large finite negative value instead of ``-inf``; equal values contribute exactly 0 with a
+    finite gradient.
+
+    Args:
+        x: observations.
+        mean: means (broadcastable to ``x``).
+        log_var: log-variances ``log sigma^2`` (broadcastable to ``x``).
+
+    Returns:
+        the log-density of every element, the broadcast shape of the inputs.
+
+    Example::
+
+        gaussian_log_density(torch.zeros(1), torch.zeros(1), torch.zeros(1))  # -log(2 pi) / 2
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(x.dtype, mean.dtype), torch.promote_types(log_var.dtype, torch.float32)
+    )
+    x, mean, log_var = x.to(dtype), mean.to(dtype), log_var.to(dtype)
+    max_exponent = math.log(torch.finfo(dtype).max) - 2.0
+    diff = x - mean
+    nonzero = diff != 0
+    log_abs_diff = torch.where(nonzero, torch.where(nonzero, diff, torch.ones_like(diff)).abs().log(), -math.inf)
+    scaled_sq = torch.exp((2.0 * log_abs_diff - log_var).clamp(max=max_exponent))
+    return -0.5 * (math.log(2.0 * math.pi) + log_var + scaled_sq)
 
 
 def variance_to_std(variance: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from .anatomical_prior import (
+    AnatomicalPriorELBOLoss,
+    AnatomicalPriorVAELoss,
+    label_log_likelihood,
+    latent_kl_divergence,
+)
 from .elbo import ELBOLoss, cross_entropy_map
 from .kl import KLDivergenceLoss, gaussian_kl_divergence
 from .mvn_nll import LowRankMVNNLLLoss

@@ -22,7 +22,13 @@ from monai_probseg.networks import (
     SamplingKind,
     sampling_kind,
 )
-from monai_probseg.networks.nets import DiffusionSegmentation, ProbabilisticUNet, StochasticSegmentationNetwork
+from monai_probseg.networks.nets import (
+    AnatomicalPriorSegmentation,
+    AnatomicalPriorVAE,
+    DiffusionSegmentation,
+    ProbabilisticUNet,
+    StochasticSegmentationNetwork,
+)
 
 from .toy_method import GaussianLogitNoise, GaussianLogitNoiseLoss
 
@@ -32,6 +38,10 @@ def _unet(dropout=0.0):
 
 
 MODELS = {
+    "anatomical_prior": (
+        lambda: AnatomicalPriorSegmentation(2, 1, 2, AnatomicalPriorVAE(2, 2, 2, channels=(4, 8), strides=(2, 2))),
+        SamplingKind.DISTRIBUTION,
+    ),
     "prob_unet": (
         lambda: ProbabilisticUNet(2, 1, 2, latent_dim=3, channels=(4, 8), num_convs_per_block=1),
         SamplingKind.DISTRIBUTION,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .anatomical_prior import AnatomicalPriorSegmentation, AnatomicalPriorVAE
 from .diffusion_seg import DiffusionSegmentation
 from .prob_unet import ProbabilisticUNet, ProbUNet
 from .quality_net import SegmentationQualityNet
