@@ -11,4 +11,5 @@ from .anatomical_prior import (
 )
 from .elbo import ELBOLoss, cross_entropy_map
 from .kl import KLDivergenceLoss, gaussian_kl_divergence
+from .mose import MoSELoss, matching_plan, pairwise_seg_cost
 from .mvn_nll import LowRankMVNNLLLoss
