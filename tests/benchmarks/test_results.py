@@ -28,7 +28,7 @@ def test_results_folder_is_small():
 def test_result_has_json_and_its_command(name):
     with open(RESULTS / f"{name}.json") as f:
         json.load(f)
-    md = (RESULTS / f"{name}.md").read_text()
+    md = (RESULTS / f"{name}.md").read_text(encoding="utf-8")
     command = re.search(r"`python (benchmarks/\w+\.py)([^`]*)`", md)
     assert command, f"{name}.md must say the command that regenerates it"
     assert (ROOT / command.group(1)).is_file(), command.group(0)
@@ -42,12 +42,12 @@ def _cited(text: str) -> set[str]:
 
 
 def test_docs_cite_existing_results():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Benchmarks") :]
     section = section[: section.index("\n## ", 1)]
     cited = set(re.findall(r"`([\w*]+\.md)`", section))
     assert cited, "README's Benchmarks section cites no result"
     assert all((RESULTS / c).is_file() for c in cited), sorted(c for c in cited if not (RESULTS / c).is_file())
     for page in [ROOT / "README.md", *ROOT.glob("bundles/*/docs/README.md"), *ROOT.glob("docs/**/*.rst")]:
-        missing = [c for c in _cited(page.read_text()) if not (RESULTS / c).is_file()]
+        missing = [c for c in _cited(page.read_text(encoding="utf-8")) if not (RESULTS / c).is_file()]
         assert not missing, f"{page.relative_to(ROOT)} cites missing results {missing}"

@@ -42,7 +42,7 @@ from monai_probseg.bundle.validation import DEBUG_ENV
 from monai_probseg.data import find_image, write_brats_phantoms
 from monai_probseg.utils import atomic_writes, remove_stale_partials
 
-from .utils import OUTPUT_KEYS, config, run_cli
+from .utils import CASE_FILES, OUTPUT_KEYS, config, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file", "ignore:Detected deprecated name")
 
@@ -239,7 +239,7 @@ def test_failed_rerun_removes_earlier_outputs(data, tmp_path):
         _run(data, out)
     assert excinfo.value.code != 0 and f"{cid}-t2w.nii.gz" in str(excinfo.value.code)
     status = _status(out)
-    assert status[cid]["status"] == "failed" and len(status[cid]["removed_stale"]) == len(OUTPUT_KEYS)
+    assert status[cid]["status"] == "failed" and len(status[cid]["removed_stale"]) == len(CASE_FILES)
     assert not any(p.name.startswith(cid) for p in out.iterdir()) and not stale.exists()
     assert status[CASES[1]]["status"] == "written" and status[CASES[1]]["overwritten"]
     assert _summary(out)["overwritten"] == [CASES[1]]

@@ -15,7 +15,7 @@ import pytest
 
 from monai_probseg.data import write_brats_phantoms, write_datalist
 
-from .utils import OUTPUT_KEYS, check_outputs, config, folder_hash, run_cli
+from .utils import CASE_FILES, check_outputs, config, folder_hash, run_cli
 
 INFER = config("brats_ssn", "inference.json")
 SMALL = ["--roi_size", "[32,32,32]", "--num_samples", "4", "--progress", "False"]
@@ -94,7 +94,7 @@ def test_bad_inputs_cli(phantoms, tmp_path):
     assert "CORRUPT: preprocessing failed: cannot read" in err and "corrupt-t2f.nii.gz" in err
     assert "Traceback" not in err
     check_outputs(out, "GOOD", files["t1n"], num_samples=4, num_classes=4)  # the good case was still processed
-    assert sorted(os.listdir(out)) == sorted([f"GOOD_{k}.nii.gz" for k in OUTPUT_KEYS] + ["inference_summary.json"])
+    assert sorted(os.listdir(out)) == sorted([f"GOOD_{k}" for k in CASE_FILES] + ["inference_summary.json"])
     with open(out / "inference_summary.json") as f:
         assert sorted(json.load(f)["failed"]) == ["CORRUPT", "MISSING", "SHAPE", "THREE"]
     assert folder_hash(data) == before

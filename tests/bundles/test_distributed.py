@@ -13,7 +13,7 @@ import pytest
 
 from monai_probseg.data import write_brats_phantoms
 
-from .utils import OUTPUT_KEYS, config, run_cli
+from .utils import CASE_FILES, config, run_cli
 
 TORCHRUN = ["torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
 
@@ -47,7 +47,7 @@ def test_torchrun_inference_gloo(phantoms, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "inference on 2 case(s) (rank 0 of 2)" in log and "inference on 2 case(s) (rank 1 of 2)" in log
     cases = [f"BraTS-PHANTOM-{i:05d}-000" for i in range(4)]
-    expected = sorted(f"{c}_{k}.nii.gz" for c in cases for k in OUTPUT_KEYS) + ["inference_summary.json"]
+    expected = sorted(f"{c}_{k}" for c in cases for k in CASE_FILES) + ["inference_summary.json"]
     assert sorted(os.listdir(out)) == expected  # every case once, no leftovers
     with open(out / "inference_summary.json") as f:
         summary = json.load(f)

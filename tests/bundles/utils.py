@@ -16,6 +16,9 @@ import SimpleITK as sitk
 
 from monai_probseg.metrics import CASE_OUTPUTS as OUTPUT_KEYS
 
+#: the file suffixes of one case's outputs: the NIfTI maps and the quality report
+CASE_FILES = [f"{k}.nii.gz" for k in OUTPUT_KEYS] + ["quality.json"]
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLES_DIR = os.path.join(REPO, "bundles")
 SCHEMA = os.path.join(REPO, os.pardir, "shared", "schemas", "bundle_meta_schema.json")
