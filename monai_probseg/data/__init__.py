@@ -19,11 +19,13 @@ from .datalists import (
 )
 from .synthetic import (
     ambiguous_lesions_2d,
+    anatomy_phantom,
     brats_phantom,
     match_modes,
     read_lesion_modes,
     sample_oracle,
     write_ambiguous_lesions_2d,
+    write_anatomy_phantoms,
     write_brats_phantoms,
 )
 from .utils import check_same_geometry

@@ -1,13 +1,21 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""Synthetic data with a known ground truth: 2D ambiguous lesions and BraTS-like multimodal phantoms.
+"""Synthetic data with a known ground truth: 2D ambiguous lesions, BraTS-like multimodal phantoms and brain anatomy
+phantoms (CSF, grey and white matter with their partial-volume truth).
 
-Command line: ``python -m monai_probseg.data.synthetic {brats,lesions2d} --help``.
+Command line: ``python -m monai_probseg.data.synthetic {anatomy,brats,lesions2d} --help``.
 """
 
 from __future__ import annotations
 
+from .anatomy import (
+    ANATOMY_CONTRASTS,
+    ANATOMY_LABELS,
+    ANATOMY_TISSUES,
+    anatomy_phantom,
+    write_anatomy_phantoms,
+)
 from .brats import BRATS_LABELS, MODALITIES, brats_phantom, majority_vote, write_brats_phantoms
 from .lesions import (
     ambiguous_lesions_2d,
@@ -19,9 +27,13 @@ from .lesions import (
 )
 
 __all__ = [
+    "ANATOMY_CONTRASTS",
+    "ANATOMY_LABELS",
+    "ANATOMY_TISSUES",
     "BRATS_LABELS",
     "MODALITIES",
     "ambiguous_lesions_2d",
+    "anatomy_phantom",
     "brats_phantom",
     "lesion_mode_probabilities",
     "majority_vote",
@@ -29,5 +41,6 @@ __all__ = [
     "read_lesion_modes",
     "sample_oracle",
     "write_ambiguous_lesions_2d",
+    "write_anatomy_phantoms",
     "write_brats_phantoms",
 ]

@@ -17,6 +17,7 @@ from monai_probseg.utils import atomic_write, write_json_atomic
 __all__ = [
     "MIN_SIZE",
     "check_size",
+    "draw_level",
     "prepare_out_dir",
     "smooth_field",
     "split_cases",
@@ -41,6 +42,22 @@ def check_size(spatial_size: Any, ndim: int, name: str = "spatial_size", minimum
     if min(size) < minimum:
         raise ValueError(f"{name} must be >= {minimum} along every axis, got {tuple(int(s) for s in size)}.")
     return tuple(int(s) for s in size)
+
+
+def draw_level(value: float | Sequence[float], name: str, rng: np.random.Generator) -> float:
+    """A per-case level: ``value`` itself, or drawn log-uniformly from ``value = (low, high)``."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        low = high = float(value)
+    else:
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number >= 0 or a (low, high) range, got {value!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
+        raise ValueError(f"{name} must be a finite number >= 0 or a range 0 <= low <= high, got {value!r}.")
+    if low == high or low == 0:
+        return float(rng.uniform(low, high)) if high > low else low
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 def prepare_out_dir(out_dir: str | os.PathLike) -> str:

@@ -33,6 +33,7 @@ from scipy.special import expit
 
 from monai_probseg.data.synthetic._common import (
     check_size,
+    draw_level,
     prepare_out_dir,
     save_json,
     save_nifti,
@@ -106,22 +107,6 @@ def _fractions(weights: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _variable(value: float | Sequence[float], name: str, rng: np.random.Generator) -> float:
-    """A per-case level: ``value`` itself, or drawn log-uniformly from ``value = (low, high)``."""
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        low = high = float(value)
-    else:
-        try:
-            low, high = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number >= 0 or a (low, high) range, got {value!r}.") from None
-    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
-        raise ValueError(f"{name} must be a finite number >= 0 or a range 0 <= low <= high, got {value!r}.")
-    if low == high or low == 0:
-        return float(rng.uniform(low, high)) if high > low else low
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
 def brats_phantom(
     spatial_size: Sequence[int] = (96, 96, 96),
     num_raters: int = 3,
@@ -192,8 +177,8 @@ def brats_phantom(
     if not 0.02 <= size_lo <= size_hi <= 0.6:
         raise ValueError(f"tumour_size must satisfy 0.02 <= low <= high <= 0.6, got {tumour_size!r}.")
     rng = np.random.default_rng(seed)
-    noise_level = _variable(noise, "noise", rng)
-    bias_level = _variable(bias, "bias", rng)
+    noise_level = draw_level(noise, "noise", rng)
+    bias_level = draw_level(bias, "bias", rng)
     shape = np.array(size, dtype=np.float64)
     center = (shape - 1) / 2
     grids = [g.astype(np.float32) for g in np.ogrid[: size[0], : size[1], : size[2]]]

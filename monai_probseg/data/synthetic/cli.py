@@ -1,7 +1,7 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""Command line for the synthetic data sets: ``python -m monai_probseg.data.synthetic {brats,lesions2d} ...``."""
+"""Command line for the synthetic data: ``python -m monai_probseg.data.synthetic {anatomy,brats,lesions2d} ...``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from monai_probseg.data.synthetic._common import MIN_SIZE
+from monai_probseg.data.synthetic.anatomy import ANATOMY_CONTRASTS, write_anatomy_phantoms
 from monai_probseg.data.synthetic.brats import write_brats_phantoms
 from monai_probseg.data.synthetic.lesions import write_ambiguous_lesions_2d
 
@@ -42,12 +43,41 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 def _parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(
         prog="python -m monai_probseg.data.synthetic",
-        description="Write synthetic data with a known ground truth: BraTS 2023-style multimodal brain-tumour "
-        "phantoms with several raters, or 2D ambiguous lesions with their exact mask distribution.",
+        description="Write synthetic data with a known ground truth: brain anatomy phantoms (CSF, GM, WM) in "
+        "T1/T2/FLAIR contrasts, BraTS 2023-style multimodal brain-tumour phantoms with several raters, or 2D "
+        "ambiguous lesions with their exact mask distribution.",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only print the summary (no progress log)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{brats,lesions2d}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{anatomy,brats,lesions2d}")
+
+    anatomy = sub.add_parser(
+        "anatomy",
+        parents=[common],
+        help="2D/3D brain anatomy phantoms (0 background, 1 CSF, 2 GM, 3 WM) with a MONAI datalist.json",
+        description="Write skull-stripped brain anatomy phantoms: <out>/<case>/<case>-{<contrast>,seg}.nii.gz and "
+        "<out>/datalist.json (decathlon style). Use different --family values for the label maps that train a "
+        "prior and the unlabelled images that train a segmenter.",
+    )
+    anatomy.add_argument("--out", required=True, help="output folder (created if missing)")
+    anatomy.add_argument("--cases", type=int_at_least(1), default=4, help="number of cases (default: 4)")
+    anatomy.add_argument(
+        "--size",
+        type=int_at_least(MIN_SIZE),
+        nargs="+",
+        default=[96, 96, 96],
+        metavar="N",
+        help=f"2 (axial slice) or 3 (volume) sizes in voxels (1 mm), each >= {MIN_SIZE} (default: 96 96 96)",
+    )
+    anatomy.add_argument(
+        "--contrasts",
+        nargs="*",
+        choices=tuple(ANATOMY_CONTRASTS),
+        default=["t1"],
+        help="contrasts to write; none for label maps only (default: t1)",
+    )
+    anatomy.add_argument("--family", type=int_at_least(0), default=0, help="shape family (default: 0)")
+    anatomy.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: 0)")
 
     brats = sub.add_parser(
         "brats",
@@ -109,8 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "anatomy" and len(args.size) not in (2, 3):
+        parser.error(f"argument --size: expected 2 or 3 sizes, got {len(args.size)}")
     try:
-        if args.command == "brats":
+        if args.command == "anatomy":
+            path = write_anatomy_phantoms(
+                args.out, args.cases, tuple(args.size), tuple(args.contrasts), args.seed, family=args.family
+            )
+            what = (
+                f"{args.cases} anatomy phantom(s) of {'x'.join(map(str, args.size))} voxels "
+                f"({', '.join(args.contrasts) or 'labels only'}; family {args.family})"
+            )
+        elif args.command == "brats":
             path = write_brats_phantoms(args.out, args.cases, tuple(args.size), args.raters, args.seed)
             what = f"{args.cases} BraTS phantom(s) of {'x'.join(map(str, args.size))} voxels with {args.raters} raters"
         else:

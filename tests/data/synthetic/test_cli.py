@@ -62,7 +62,7 @@ def test_lesions2d_cli(tmp_path, capsys):
         (["brats", "--out", "{tmp}/file/sub"], "cannot be created or is not writable"),
         (["lesions2d", "--out", "{tmp}", "--size", "32", "15"], "--size: expected an integer >= 16, got 15"),
         (["lesions2d", "--out", "{tmp}", "--classes", "4"], "--classes"),
-        ([], "required: {brats,lesions2d}"),
+        ([], "required: {anatomy,brats,lesions2d}"),
     ],
 )
 def test_bad_input(tmp_path, capsys, argv, message):
