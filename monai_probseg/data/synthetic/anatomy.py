@@ -16,6 +16,8 @@ A phantom is an intracranial ellipsoid (1 mm voxels, RAS order: axis 0 left -> r
 - a cortical grey-matter ribbon 2-4 mm thick along every CSF boundary (gyral crowns, sulcal banks and fundi);
 - two curved lateral ventricles near the centre (widened by a per-case enlargement factor), and deep grey
   nuclei beside them: thalamus, caudate head and lentiform nucleus on each side;
+- a hindbrain: the cerebellum in the posterior fossa (grey-matter folia with thin CSF fissures around a white
+  matter arbor), set apart from the cerebrum by a thin CSF layer (the tentorium), and the brainstem (white matter);
 - white matter everywhere else.
 
 Every boundary is an approximate signed distance in mm, so the tissue fractions of each voxel (the
@@ -25,7 +27,8 @@ are rendered from the fractions: T1-like (CSF:GM:WM about 0.3:0.65:1), T2-like (
 faint tissue texture and Rician (or Gaussian) noise, skull-stripped: exactly 0 wherever the label is 0.
 Each case draws target proportions of the intracranial volume (GM 45.5-49 %, CSF 12-15 %, WM at most 39 %) and
 sets its sulcal width and cortical thickness (clipped to 2-4 mm) to reach them; measured over seeds and both
-families at 64^3 to 160x192x160, GM is 47-51 %, WM 36-40 % and CSF 11-14 % of the intracranial volume.
+families from 80^3 to 160x192x160, GM is 47-50 %, WM 37.5-40 % and CSF 11-14.5 % of the intracranial volume
+(at 64^3 the 2 mm minimum thickness gives GM 49-53 %, WM 35-37 %).
 
 A 2D phantom is an axial slice (axes 0 and 1) through the same kind of anatomy at a random height around the
 lateral ventricles, calibrated to what such a slice holds (GM 40-45 %, CSF 10-14 %, the rest WM).
@@ -135,6 +138,9 @@ def _draw_shape(rng: np.random.Generator, s: float) -> dict[str, Any]:
         "ventricle_divergence": float(rng.uniform(0.1, 0.3)),
         "nuclei_scale": rng.uniform(0.9, 1.1, size=3).tolist(),  # thalamus, caudate, lentiform
         "slice_height": float(rng.uniform(-0.1, 0.12) * s),  # mm above the centre, for 2D phantoms
+        "cerebellum_scale": float(rng.uniform(0.9, 1.1)),
+        "tentorium_gap": float(rng.uniform(0.6, 1.2)),  # mm of CSF between cerebrum and cerebellum / brainstem
+        "brainstem_radius": float(rng.uniform(0.08, 0.1) * s),  # mm
     }
 
 
@@ -178,21 +184,38 @@ def _fractions(
     block = np.sqrt((x[1] / block_y) ** 2 + ((x[2] + 0.25 * s) / (block_z + 0.25 * s)) ** 2) - 1.0
     fissure = np.maximum(np.abs(x[0]) - np.float32(p["fissure_halfwidth"]), -block * np.float32(0.3 * s)).ravel()
     nuc_dist = _nuclei(x, p, s, vent)
+    # the hindbrain: cerebellum (folia of GM around a WM arbor) in the posterior fossa, brainstem (WM) in front of it
+    cb_axes = np.array([0.6 * axes[0], 0.3 * s, 0.3 * axes[2]]) * p["cerebellum_scale"]
+    cb_r, cb_d = _radial([x[0], x[1] + np.float32(0.5 * s), x[2] + np.float32(0.62 * axes[2])], cb_axes)
+    z_top = vent["center"][1] - vent["axes"][2] - 0.1 * s
+    bs_rho = np.sqrt(x[0] ** 2 + ((x[1] + np.float32(0.12 * s)) / np.float32(1.2)) ** 2)
+    bs_d = np.minimum(np.float32(p["brainstem_radius"]) - bs_rho, np.float32(z_top) - x[2])
+    gap = np.float32(p["tentorium_gap"])
+    away = np.minimum(-cb_d, np.where(x[2] < z_top - 2.0, bs_rho - np.float32(p["brainstem_radius"]), 1e3)) - gap
+    away = away.ravel()
+    arbor = (0.5 * (1.0 + 0.3 * smooth_field(size, 10, rng)) - cb_r) * np.float32(cb_axes.mean())
+    folia = expit((0.12 - np.abs(smooth_field(size, 20, rng, decay=0.3))) / 0.04) * expit((cb_r - 0.55) / 0.05)
 
     # ---- calibration: the sulcal width and then the cortical thickness that give the case's CSF and GM targets
     inside = depth.ravel() > 0
     n_icv = max(int(inside.sum()), 1)
+    hind_cb = inside & (cb_d.ravel() > 0) & (pial > 0)
+    hind = hind_cb | (inside & (bs_d.ravel() > 0) & (pial > 0))
+    cb_wm = hind_cb & (arbor.ravel() > 0)
+    cb_csf = hind_cb & ~cb_wm & (folia.ravel() > 0.5)
+    n_cb_gm = int(hind_cb.sum() - cb_wm.sum() - cb_csf.sum())
     vent_in = vent["distance"].ravel() < 0
-    base = inside & ((pial < 0) | (fissure < 0) | vent_in)
-    candidates = inside & ~base & (pial < sulcal_depth)
-    extra = p["csf_target"] * n_icv - int(base.sum())
+    base = inside & ~hind & ((pial < 0) | (fissure < 0) | (away < 0) | vent_in)
+    candidates = inside & ~hind & ~base & (pial < sulcal_depth)
+    extra = p["csf_target"] * n_icv - int(base.sum()) - int(cb_csf.sum())
     halfwidth = _quantile(to_fold[candidates], extra, (0.15, 1.0))
     sulcus = np.maximum(to_fold - np.float32(halfwidth), pial - sulcal_depth)
-    cortex = np.minimum(np.minimum(pial, sulcus), fissure)
-    tissue = inside & (cortex > 0) & ~vent_in
+    cortex = np.minimum(np.minimum(np.minimum(pial, sulcus), fissure), away)
+    tissue = inside & ~hind & (cortex > 0) & ~vent_in
     in_nucleus = nuc_dist.ravel() < 0
     n_nuclei = int((tissue & in_nucleus).sum())
-    thickness = _quantile(cortex[tissue & ~in_nucleus], p["gm_target"] * n_icv - n_nuclei, (2.0, _MAX_THICKNESS))
+    gm_count = p["gm_target"] * n_icv - n_nuclei - n_cb_gm
+    thickness = _quantile(cortex[tissue & ~in_nucleus], gm_count, (2.0, _MAX_THICKNESS))
     p["sulcal_halfwidth"], p["cortex_thickness"] = halfwidth, thickness
     cortex = cortex.reshape(size)
     thick = np.float32(thickness)
@@ -208,6 +231,15 @@ def _fractions(
     frac[2] = icv * (inside_pia - deep) + deep_gm
     frac[3] = icv * deep * (1 - ventricle) * (1 - nuclei)
     frac[0] = 1 - icv
+    pial = pial.reshape(size)
+    cb_w = icv * expit(np.minimum(cb_d, pial) / np.float32(_TAU))
+    bs_w = icv * expit(np.minimum(bs_d, pial) / np.float32(_TAU)) * (1 - cb_w)
+    frac *= 1 - cb_w - bs_w
+    deep_gm *= 1 - cb_w - bs_w
+    cb_white = expit(arbor / np.float32(_TAU))
+    frac[1] += cb_w * (1 - cb_white) * folia
+    frac[2] += cb_w * (1 - cb_white) * (1 - folia)
+    frac[3] += cb_w * cb_white + bs_w
     return frac, deep_gm
 
 
