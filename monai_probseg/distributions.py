@@ -44,7 +44,8 @@ def gaussian_kl_divergence(
     ``KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mean_q - mean_p)^2) / (2 sigma_p^2) - 1/2``. Summing over the
     latent axis gives the KL of the axis-aligned Gaussians of the Probabilistic U-Net (Kohl et al., NeurIPS 2018).
 
-    Both ratios are evaluated in log space, as ``exp(2 (log_sigma_q - log_sigma_p))`` and
+    When every log standard deviation (and their difference) is below 40 in magnitude, the textbook form is used as
+    it is. Otherwise both ratios are evaluated in log space, as ``exp(2 (log_sigma_q - log_sigma_p))`` and
     ``exp(2 (log|mean_q - mean_p| - log_sigma_p))``, so that no ``sigma`` or ``1 / sigma^2`` is formed on its own:
     the result is finite and accurate (in float32) for log standard deviations far beyond what ``exp(-2 log_sigma)``
     allows (it overflows for ``|log_sigma| > 44``; here ``|log_sigma|`` up to 80 and beyond is fine), and equal
@@ -70,9 +71,18 @@ def gaussian_kl_divergence(
     dtype = torch.promote_types(torch.promote_types(mean_q.dtype, mean_p.dtype), log_sigma_q.dtype)
     dtype = torch.promote_types(torch.promote_types(dtype, log_sigma_p.dtype), torch.float32)
     mean_q, log_sigma_q, mean_p, log_sigma_p = (t.to(dtype) for t in (mean_q, log_sigma_q, mean_p, log_sigma_p))
+    diff = mean_q - mean_p
+    # the common case, every term far from overflow: the textbook form, to the last bit (values and gradients)
+    moderate = (log_sigma_p.abs() < 40.0) & ((log_sigma_q - log_sigma_p).abs() < 40.0) & (diff.abs() < 1e15)
+    if bool(moderate.all()):
+        return (
+            (log_sigma_p - log_sigma_q)
+            + 0.5 * torch.exp(2.0 * (log_sigma_q - log_sigma_p))
+            + 0.5 * diff**2 * torch.exp(-2.0 * log_sigma_p)
+            - 0.5
+        )
     # largest exponent whose exp, halved and added to the other terms, stays finite in this dtype
     max_exponent = math.log(torch.finfo(dtype).max) - 2.0
-    diff = mean_q - mean_p
     nonzero = diff != 0
     # log|diff| with a finite gradient at diff = 0 (the masked branch never sees a zero)
     log_abs_diff = torch.where(nonzero, torch.where(nonzero, diff, torch.ones_like(diff)).abs().log(), -math.inf)
