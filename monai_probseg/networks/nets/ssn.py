@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.nets import UNet
 
 from monai_probseg.distributions import low_rank_sample
+from monai_probseg.networks.blocks.backbone import feature_backbone
 from monai_probseg.networks.blocks.lowrank import LowRankHead
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, check_spatial_dims
@@ -125,24 +125,9 @@ class StochasticSegmentationNetwork(DistributionModel):
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.rank = check_positive_int(rank, "rank")
-        if backbone is None:
-            backbone_channels = 32 if backbone_channels is None else backbone_channels
-            backbone = UNet(
-                spatial_dims=self.spatial_dims,
-                in_channels=self.in_channels,
-                out_channels=check_positive_int(backbone_channels, "backbone_channels"),
-                channels=channels,
-                strides=strides,
-                num_res_units=num_res_units,
-            )
-        elif not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be a torch.nn.Module or None, got {type(backbone).__name__}.")
-        elif backbone_channels is None:
-            raise ValueError(
-                "backbone_channels is required with a custom backbone: the number of feature maps it outputs "
-                "(e.g. the out_channels the MONAI network was built with)."
-            )
-        self.backbone_channels = check_positive_int(backbone_channels, "backbone_channels")
+        backbone, self.backbone_channels = feature_backbone(
+            self.spatial_dims, self.in_channels, backbone, backbone_channels, channels, strides, num_res_units
+        )
         self.backbone = backbone
         self.roi_from_image = bool(roi_from_image)
         if sampling_tolerance is not None and not 0.0 < sampling_tolerance < 1.0:
