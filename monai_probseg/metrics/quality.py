@@ -36,7 +36,6 @@ from scipy.stats import rankdata
 
 from monai_probseg.metrics.ged import generalized_energy_distance
 from monai_probseg.metrics.regions import BRATS_REGIONS, region_mask_scores, region_masks
-from monai_probseg.metrics.utils import pairwise_iou
 from monai_probseg.utils.io import write_json_atomic
 
 __all__ = [
@@ -77,6 +76,27 @@ def _single_case(x: torch.Tensor, name: str, spatial: Sequence[int] | None) -> t
     if spatial is not None and tuple(x.shape[-len(spatial) :]) != tuple(spatial):
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected spatial shape {tuple(spatial)} at the end.")
     return x
+
+
+def _label_mask(label_maps: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """Where ``label_maps`` holds any of ``labels``, by comparisons in the maps' own dtype (no int64 copy)."""
+    mask = label_maps == int(labels[0])
+    for lab in labels[1:]:
+        mask |= label_maps == int(lab)
+    return mask
+
+
+def _pairwise_dice(masks: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+    """Dice of every pair of the binary masks ``(M, V)``: their Gram matrix, accumulated over voxel chunks
+    (float32 products of 0/1 are exact within a chunk; the sums are float64); two empty masks have Dice 1."""
+    m = masks.shape[0]
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    for start in range(0, masks.shape[1], chunk):
+        part = masks[:, start : start + chunk].to(torch.float32)
+        gram += (part @ part.T).double()
+    size = gram.diagonal()
+    total = size[:, None] + size[None, :]
+    return torch.where(total > 0, 2.0 * gram / total.clamp_min(1.0), torch.ones_like(gram)).float()
 
 
 def quality_scores(
@@ -145,7 +165,9 @@ def quality_scores(
     seg = prob.argmax(0)
     foreground = seg > 0
     if samples is not None:
-        samples = _single_case(samples, "samples", spatial).long()
+        samples = _single_case(samples, "samples", spatial)
+        if samples.is_floating_point():
+            samples = samples.round().to(torch.int64)
         if samples.ndim != len(spatial) + 1:
             raise ValueError(f"samples must have shape (N, *spatial), got {tuple(samples.shape)}.")
         foreground = foreground | (samples > 0).any(0)
@@ -172,12 +194,10 @@ def quality_scores(
     scores["uncertainty_volume_ratio"] = float(np.mean(ratios))
     if samples is not None:
         n = samples.shape[0]
-        sample_regions = region_masks(samples.reshape(n, 1, *spatial), regions).long()  # (N, R, *spatial)
         agreements, to_mean = [], []
-        for r, name in enumerate(regions):
-            masks = torch.cat([sample_regions[:, r], seg_regions[r : r + 1].long()])[None]  # (1, N + 1, *spatial)
-            iou = pairwise_iou(masks, None, num_classes=2, include_background=False, empty_both="zero")[0, ..., 0]
-            dice = 2 * iou / (1 + iou)  # Dice from IoU; two empty masks: IoU 1, Dice 1
+        for r, (name, labels) in enumerate(regions.items()):
+            masks = torch.cat([_label_mask(samples, labels), seg_regions[r : r + 1] > 0])  # (N + 1, *spatial)
+            dice = _pairwise_dice(masks.reshape(n + 1, -1))  # two empty masks: Dice 1
             if n > 1:
                 off_diagonal = ~torch.eye(n, dtype=torch.bool)
                 agreement = float(dice[:n, :n][off_diagonal].mean())

@@ -27,8 +27,9 @@ __all__ = [
 
 EMPTY_BOTH_MODES = ("zero", "nan")
 
-# float32 holds every integer up to 2**24 exactly: voxel counts of larger volumes are accumulated in float64
-_MAX_EXACT_FLOAT32 = 2**24
+# voxels per chunk of the Gram-matrix accumulation: float32 holds every integer up to 2**24 exactly, so the
+# products within a chunk are exact; the sums over chunks are float64
+_VOXEL_CHUNK = 2**20
 
 
 def as_label_maps(
@@ -141,6 +142,10 @@ def _iou_from_counts(inter: torch.Tensor, size_a: torch.Tensor, size_b: torch.Te
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, empty_value)).float()
 
 
+def _accumulate(acc: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    acc[key] = acc[key] + value if key in acc else value
+
+
 def set_iou_blocks(
     masks_a: torch.Tensor,
     masks_b: torch.Tensor | None,
@@ -153,7 +158,8 @@ def set_iou_blocks(
     """Per-class IoU blocks ``"aa"`` (A x A), ``"ab"`` (A x B) and ``"bb"`` (B x B) of two sets of label maps.
 
     Each one-hot class mask is built once per set and every requested block is one batched matrix product,
-    so the GED needs a single pass over the voxels of each set per class. Sizes come from the Gram diagonals
+    so the GED needs a single pass over the voxels of each set per class, in chunks of 2^20 voxels (memory stays
+    one chunk of one-hot masks). Sizes come from the mask sums
     when the ``"aa"`` / ``"bb"`` blocks are computed.
 
     Args:
@@ -192,24 +198,28 @@ def set_iou_blocks(
     classes = foreground_classes(num_classes, include_background)
     flat_a = _compact_labels(masks_a, num_classes, len(classes), names[0])
     flat_b = _compact_labels(masks_b, num_classes, len(classes), names[1]) if need_b else None  # type: ignore[arg-type]
-    dtype = torch.float32 if flat_a.shape[-1] <= _MAX_EXACT_FLOAT32 else torch.float64
     out: dict[str, list[torch.Tensor]] = {blk: [] for blk in blocks}
+    num_voxels = flat_a.shape[-1]
     with torch.autocast(device_type=flat_a.device.type, enabled=False):
         for c in classes:
-            one_a = (flat_a == c).to(dtype)
-            one_b = (flat_b == c).to(dtype) if flat_b is not None else None
-            gram_aa = torch.bmm(one_a, one_a.transpose(1, 2)) if "aa" in blocks else None
-            gram_bb = torch.bmm(one_b, one_b.transpose(1, 2)) if "bb" in blocks else None  # type: ignore[union-attr]
-            size_a = torch.diagonal(gram_aa, dim1=1, dim2=2) if gram_aa is not None else one_a.sum(-1)
-            if gram_aa is not None:
-                out["aa"].append(_iou_from_counts(gram_aa, size_a, size_a, empty_both))
-            if one_b is not None:
-                size_b = torch.diagonal(gram_bb, dim1=1, dim2=2) if gram_bb is not None else one_b.sum(-1)
-                if gram_bb is not None:
-                    out["bb"].append(_iou_from_counts(gram_bb, size_b, size_b, empty_both))
-                if "ab" in blocks:
-                    gram_ab = torch.bmm(one_a, one_b.transpose(1, 2))
-                    out["ab"].append(_iou_from_counts(gram_ab, size_a, size_b, empty_both))
+            # counts accumulated over voxel chunks: float32 products of 0/1 masks are exact within a chunk of at
+            # most 2^24 voxels, the running sums are float64; memory stays one chunk of one-hot masks per set
+            acc: dict[str, torch.Tensor] = {}
+            for start in range(0, max(num_voxels, 1), _VOXEL_CHUNK):
+                one_a = (flat_a[..., start : start + _VOXEL_CHUNK] == c).to(torch.float32)
+                _accumulate(acc, "size_a", one_a.sum(-1, dtype=torch.float64))
+                if "aa" in blocks:
+                    _accumulate(acc, "aa", torch.bmm(one_a, one_a.transpose(1, 2)).double())
+                if need_b:
+                    one_b = (flat_b[..., start : start + _VOXEL_CHUNK] == c).to(torch.float32)  # type: ignore[index]
+                    _accumulate(acc, "size_b", one_b.sum(-1, dtype=torch.float64))
+                    if "bb" in blocks:
+                        _accumulate(acc, "bb", torch.bmm(one_b, one_b.transpose(1, 2)).double())
+                    if "ab" in blocks:
+                        _accumulate(acc, "ab", torch.bmm(one_a, one_b.transpose(1, 2)).double())
+            for blk in blocks:
+                first, second = ("size_a" if blk[0] == "a" else "size_b"), ("size_a" if blk[1] == "a" else "size_b")
+                out[blk].append(_iou_from_counts(acc[blk], acc[first], acc[second], empty_both))
     return {blk: torch.stack(v, dim=-1) for blk, v in out.items()}
 
 
@@ -238,7 +248,7 @@ def pairwise_iou(
 
     For each class the one-hot masks are flattened to ``(B, M, V)`` and all intersections come from one batched
     matrix product ``(B, M, V) x (B, V, L)``; the sizes give the unions as ``|A| + |B| - |A n B|``. The products
-    run in float32 (exact for up to 2**24 voxels, float64 beyond) with autocast disabled, so the counts are exact.
+    run in float32 on chunks of 2^20 voxels, summed in float64, with autocast disabled, so the counts are exact.
 
     Args:
         masks_a: label maps ``(B, M, *spatial)`` (integer valued).
