@@ -63,7 +63,7 @@ from monai_probseg.quality import (  # noqa: E402
 
 logger = logging.getLogger("bench_quality")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLE = os.path.join(REPO, "bundles", "brats_ssn")
+BUNDLE = os.path.join(REPO, "bundles", "brats_ssn")  # --bundle changes it
 SINGLE_SCORES = (
     "mean_entropy",
     "mean_mutual_info",
@@ -173,17 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=200)
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--train-data", default=os.path.join(REPO, "outputs", "brats_ssn_quality", "data"))
-    parser.add_argument("--test-data", default=os.path.join(REPO, "outputs", "brats_ssn_quality", "test"))
-    parser.add_argument("--quality-model", default=os.path.join(BUNDLE, "models", "quality_model.pt"))
+    parser.add_argument("--bundle", default="brats_ssn", help="the stage-1 bundle (it ships a quality model)")
+    parser.add_argument("--train-data", default="", help="default outputs/<bundle>_quality/data")
+    parser.add_argument("--test-data", default="", help="default outputs/<bundle>_quality/test")
+    parser.add_argument("--quality-model", default="", help="default bundles/<bundle>/models/quality_model.pt")
     parser.add_argument("--generate-only", action="store_true", help="only simulate the cases (resumable)")
     parser.add_argument("--name", default="quality")
     parser.add_argument(
         "--figure",
-        default=os.path.join(BUNDLE, "docs", "quality.png"),
-        help="where the figure goes (benchmarks/results is capped at 20 files and is full)",
+        default="",
+        help="the figure (default bundles/<bundle>/docs/quality.png; benchmarks/results is capped at 20 files)",
     )
     args = parser.parse_args(argv)
+    global BUNDLE
+    BUNDLE = os.path.join(REPO, "bundles", args.bundle)
+    outputs = os.path.join(REPO, "outputs", f"{args.bundle}_quality")
+    args.train_data = args.train_data or os.path.join(outputs, "data")
+    args.test_data = args.test_data or os.path.join(outputs, "test")
+    args.quality_model = args.quality_model or os.path.join(BUNDLE, "models", "quality_model.pt")
+    args.figure = args.figure or os.path.join(BUNDLE, "docs", "quality.png")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     start = time.perf_counter()
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`python benchmarks/bench_quality.py {cmd}`".replace(" `", "`"),
         "",
-        f"Stage 1: shipped `brats_ssn` ({args.num_samples} samples). Stage 2: shipped `quality_model.pt` "
+        f"Stage 1: shipped `{args.bundle}` ({args.num_samples} samples). Stage 2: shipped `quality_model.pt` "
         f"(`configs/train_quality.json`, {len(train['records'])} training phantoms of seed 100 with seen corruptions; "
         "the regressions are fitted on the same cases). Test: "
         + ", ".join(f"{n} {g}" for g, n in results["test_groups"].items())

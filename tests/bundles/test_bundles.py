@@ -102,7 +102,7 @@ def test_inference_small_phantoms(bundle, tmp_path):
         assert quality["failure"] == (mean < quality["failure_threshold"]) or quality.get("out_of_distribution")
         assert {"mean_entropy", "sample_dice_agreement"} <= set(quality["scores"])
         assert quality["quality_model"] == (
-            "SegmentationQualityNet" if bundle == "brats_ssn" else "sample_dice_agreement"
+            "SegmentationQualityNet" if bundle in ("brats_ssn", "brats_prob_unet") else "sample_dice_agreement"
         )
     ranking = [r["predicted_dice_mean"] for r in summary["quality_ranking"]]
     assert ranking == sorted(ranking) and len(ranking) == 2  # worst first

@@ -1,38 +1,43 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""bundles/brats_ssn/configs/train_quality.json and the shipped quality_model.pt."""
+"""The bundles' configs/train_quality.json and their shipped quality_model.pt."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
 from monai_probseg.metrics import BRATS_REGIONS
 from monai_probseg.quality import QualityPredictor, score_names
 
-BUNDLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundles", "brats_ssn"
-)
+BUNDLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundles")
+QUALITY_BUNDLES = ("brats_ssn", "brats_prob_unet")
 
 
-def _parser() -> ConfigParser:
+def _parser(bundle: str) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(os.path.join(BUNDLE, "configs", "train_quality.json"))
+    parser.read_config(os.path.join(BUNDLES_DIR, bundle, "configs", "train_quality.json"))
     return parser
 
 
-def test_config_saves_outside_models_and_shipped_weights_fit():
-    parser = _parser()
+@pytest.mark.parametrize("bundle", QUALITY_BUNDLES)
+def test_config_saves_outside_models_and_shipped_weights_fit(bundle):
+    parser = _parser(bundle)
     assert os.path.normpath(parser.get_parsed_content("ckpt_dir")) == os.path.join(
-        "outputs", "brats_ssn_quality", "models"
+        "outputs", f"{bundle}_quality", "models"
     )
     assert parser["loss"]["_target_"] == "torch.nn.L1Loss"
+    # stage 1 of the quality data is the bundle's own inference network
+    inference = ConfigParser()
+    inference.read_config(os.path.join(BUNDLES_DIR, bundle, "configs", "inference.json"))
+    assert parser["stage1_network_def"]["_target_"] == inference["network_def"]["_target_"]
     network = parser.get_parsed_content("network_def", instantiate=True)
     assert network.num_scores == len(score_names(BRATS_REGIONS)) and network.num_regions == 3
-    predictor = QualityPredictor(network, os.path.join(BUNDLE, "models", "quality_model.pt"))
+    predictor = QualityPredictor(network, os.path.join(BUNDLES_DIR, bundle, "models", "quality_model.pt"))
     assert torch.all(predictor.network.score_std > 0)  # training statistics are part of the weights
     assert not torch.allclose(predictor.network.score_mean, torch.zeros_like(predictor.network.score_mean))
     with torch.no_grad():
