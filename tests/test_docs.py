@@ -22,14 +22,14 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def _automodules(page: Path) -> list[str]:
-    return re.findall(r"^\.\. automodule:: (\S+)", page.read_text(), flags=re.MULTILINE)
+    return re.findall(r"^\.\. automodule:: (\S+)", page.read_text(encoding="utf-8"), flags=re.MULTILINE)
 
 
 def test_every_subpackage_has_an_api_page_in_the_toctree():
     subpackages = {m.name for m in pkgutil.iter_modules(monai_probseg.__path__) if m.ispkg}
     pages = {p.stem for p in (DOCS / "api").glob("*.rst")}
     assert subpackages <= pages, f"subpackages without docs/api/<name>.rst: {sorted(subpackages - pages)}"
-    index = (DOCS / "index.rst").read_text()
+    index = (DOCS / "index.rst").read_text(encoding="utf-8")
     assert all(f"api/{p}" in index for p in pages), "every API page must be in the index toctree"
     for name in subpackages:
         targets = _automodules(DOCS / "api" / f"{name}.rst")
@@ -38,7 +38,7 @@ def test_every_subpackage_has_an_api_page_in_the_toctree():
 
 def test_automodule_targets_import_and_pick_up_reexports():
     for page in (DOCS / "api").glob("*.rst"):
-        text = page.read_text()
+        text = page.read_text(encoding="utf-8")
         for target in _automodules(page):
             importlib.import_module(target)
         # names exported later from a subpackage __init__ are documented without editing the page
@@ -48,7 +48,9 @@ def test_automodule_targets_import_and_pick_up_reexports():
 def _class_signatures(page: Path) -> dict[str, str]:
     """``{qualified class name: rendered signature line as text}`` of the classes on one built HTML page."""
     found = {}
-    for ident, body in re.findall(r'<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>', page.read_text(), re.S):
+    for ident, body in re.findall(
+        r'<dt class="sig sig-object py" id="([^"]+)">(.*?)</dt>', page.read_text(encoding="utf-8"), re.S
+    ):
         text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", body)).split()).rstrip("¶")
         if text.startswith("class "):
             found[ident] = text
@@ -59,7 +61,7 @@ def test_html_build_shows_constructor_signatures_with_defaults(tmp_path):
     pytest.importorskip("sphinx")
     out = tmp_path / "html"
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-E", "-b", "html", str(DOCS), str(out)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert build.returncode == 0, f"sphinx build failed:\n{build.stdout}\n{build.stderr}"
 
     nets = _class_signatures(out / "api" / "networks.html")

@@ -20,7 +20,7 @@ NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
 
 
 def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _text(output: dict) -> str:
@@ -33,9 +33,9 @@ def test_numbered_notebooks_are_listed_in_the_readmes():
     assert len(NOTEBOOKS) >= 7
     numbers = [p.name[:2] for p in NOTEBOOKS]
     assert len(set(numbers)) == len(numbers), numbers
-    readme = (TUTORIALS.parent / "README.md").read_text()
-    local = (TUTORIALS / "README.md").read_text()
-    index = (TUTORIALS.parent / "docs" / "index.rst").read_text()
+    readme = (TUTORIALS.parent / "README.md").read_text(encoding="utf-8")
+    local = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    index = (TUTORIALS.parent / "docs" / "index.rst").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
         assert f"tutorials/{path.name}" in readme and path.name in local and path.name in index, path.name
 

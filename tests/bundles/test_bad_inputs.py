@@ -409,7 +409,7 @@ def test_output_dir_is_a_file(data, tmp_path):
     target.write_text("keep me")
     with pytest.raises(RuntimeError) as excinfo:
         _run(data, target)
-    assert "exists and is not a folder" in str(_user_error(excinfo)) and target.read_text() == "keep me"
+    assert "exists and is not a folder" in str(_user_error(excinfo)) and target.read_text(encoding="utf-8") == "keep me"
 
 
 # the command line: exit status and one line, no traceback, no output folder (a few: each starts a Python)

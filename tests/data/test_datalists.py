@@ -216,7 +216,7 @@ def test_brats_write_and_load_decathlon(tmp_path):
     _brats_case(tmp_path / "data", "BraTS-GLI-00009-000", raters=2)
     datalist = brats_datalist(tmp_path / "data")
     path = write_datalist(datalist, tmp_path / "out" / "datalist.json")
-    assert json.loads(path.read_text()) == datalist
+    assert json.loads(path.read_text(encoding="utf-8")) == datalist
     files = load_decathlon_datalist(str(path), data_list_key="training")
     assert files[0]["image"] == datalist["training"][0]["image"]
     assert files[0]["raters"] == datalist["training"][0]["raters"]
@@ -418,11 +418,11 @@ def test_multi_annotator_datalist_resolves_and_checks(tmp_path):
 def test_write_datalist_is_atomic(tmp_path):
     path = tmp_path / "sub" / "list.json"
     write_datalist({"training": [{"image": "a", "x": np.int64(3), "p": Path("b")}]}, path)
-    assert json.loads(path.read_text()) == {"training": [{"image": "a", "x": 3, "p": "b"}]}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"training": [{"image": "a", "x": 3, "p": "b"}]}
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     write_datalist([{"image": "c"}], path)
-    assert json.loads(path.read_text()) == [{"image": "c"}]
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"image": "c"}]
     with pytest.raises(TypeError, match="not JSON serialisable"):
         write_datalist({"training": [{"image": object()}]}, path)
-    assert json.loads(path.read_text()) == [{"image": "c"}]  # the old file is intact
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"image": "c"}]  # the old file is intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["list.json"]  # no temporary file left

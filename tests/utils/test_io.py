@@ -37,10 +37,10 @@ def test_atomic_write_text_and_json(tmp_path):
     path = tmp_path / "sub" / "x.json"
     written = write_json_atomic({"a": float("nan"), "b": np.float32(0.5), "c": (1, np.int64(2)), "p": Path("f")}, path)
     assert written == str(path)
-    assert json.loads(path.read_text()) == {"a": None, "b": 0.5, "c": [1, 2], "p": "f"}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": None, "b": 0.5, "c": [1, 2], "p": "f"}
     with pytest.raises(TypeError, match="object value .* is not JSON serialisable"):
         write_json_atomic({"a": object()}, path)
-    assert json.loads(path.read_text())["b"] == 0.5  # untouched
+    assert json.loads(path.read_text(encoding="utf-8"))["b"] == 0.5  # untouched
     assert write_text_atomic("x\r\ny", tmp_path / "t.csv") == str(tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_bytes() == b"x\r\ny"  # newlines as given
     atomic_write(tmp_path / "raw.bin", lambda p: Path(p).write_bytes(b"\x00\x01"))

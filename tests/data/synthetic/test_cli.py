@@ -83,7 +83,7 @@ def test_help(capsys):
 def test_module_entry_point(tmp_path):
     # the real command line: bad input gives a one-line error, exit code 2, no traceback
     cmd = [sys.executable, "-m", "monai_probseg.data.synthetic", "brats", "--out", str(tmp_path), "--size", "8", "8"]
-    proc = subprocess.run([*cmd, "8"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*cmd, "8"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "python -m monai_probseg.data.synthetic brats: error: argument --size: expected an integer >= 16, got 8 "
