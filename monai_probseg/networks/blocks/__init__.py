@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from .backbone import feature_backbone
+from .backbone import backbone_features, feature_backbone
 from .latent import ConvEncoder, GaussianLatentEncoder, LatentCombiner, soft_clamp
 from .lowrank import LowRankHead, low_rank_sample

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn as nn
 from monai.networks.nets import UNet
 
 from monai_probseg.utils import check_positive_int
 
-__all__ = ["feature_backbone"]
+__all__ = ["backbone_features", "feature_backbone"]
 
 
 def feature_backbone(
@@ -67,3 +68,34 @@ def feature_backbone(
             "(e.g. the out_channels the MONAI network was built with)."
         )
     return backbone, check_positive_int(backbone_channels, "backbone_channels")
+
+
+def backbone_features(
+    backbone: nn.Module, x: torch.Tensor, spatial_dims: int, in_channels: int, backbone_channels: int
+) -> torch.Tensor:
+    """Run ``backbone`` on ``x`` and check that it gives full-resolution features ``(B, backbone_channels, *spatial)``.
+
+    Args:
+        backbone: the feature backbone (a list/tuple output, e.g. deep supervision, gives its first entry).
+        x: images ``(B, in_channels, *spatial)``.
+        spatial_dims: 2 or 3.
+        in_channels: expected image channels.
+        backbone_channels: expected feature maps.
+
+    Raises:
+        ValueError: naming the shape got and the one expected, for the input or the features.
+    """
+    if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"input must be (B, {in_channels}, *spatial) with {spatial_dims} spatial dims, got {tuple(x.shape)}."
+        )
+    feats = backbone(x)
+    if isinstance(feats, (list, tuple)):  # e.g. deep supervision outputs: the first is the full resolution
+        feats = feats[0]
+    if feats.ndim != x.ndim or feats.shape[1] != backbone_channels or feats.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"the backbone must map the input {tuple(x.shape)} to (B, {backbone_channels}, "
+            f"{', '.join(map(str, x.shape[2:]))}) features, got {tuple(feats.shape)}; check backbone_channels, "
+            "that the spatial size suits its strides, and that deep supervision is off."
+        )
+    return feats

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from monai_probseg.distributions import low_rank_sample
-from monai_probseg.networks.blocks.backbone import feature_backbone
+from monai_probseg.networks.blocks.backbone import backbone_features, feature_backbone
 from monai_probseg.networks.blocks.lowrank import LowRankHead
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, check_spatial_dims, make_generator
@@ -159,21 +159,7 @@ class MixtureOfStochasticExperts(DistributionModel):
 
     # ------------------------------------------------------------------ maps
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must be (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial dims, "
-                f"got {tuple(x.shape)}."
-            )
-        feats = self.backbone(x)
-        if isinstance(feats, (list, tuple)):  # deep supervision outputs: the first is the full resolution
-            feats = feats[0]
-        if feats.ndim != x.ndim or feats.shape[1] != self.backbone_channels or feats.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"the backbone must map the input {tuple(x.shape)} to (B, {self.backbone_channels}, "
-                f"{', '.join(map(str, x.shape[2:]))}) features, got {tuple(feats.shape)}; check backbone_channels "
-                "and that the spatial size suits its strides."
-            )
-        return feats
+        return backbone_features(self.backbone, x, self.spatial_dims, self.in_channels, self.backbone_channels)
 
     def gate_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The gate's logits ``(B, K)`` from backbone features ``(B, F, *spatial)`` (activation, spatial mean, MLP).
