@@ -29,6 +29,29 @@ REPORTED_SCORES = (
 )
 
 
+def _case_scores(
+    image: torch.Tensor,
+    outputs: Mapping[str, torch.Tensor],
+    regions: Mapping[str, Sequence[int]],
+    brain: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Check one case's stage-1 outputs, bring them to the CPU as float and score them
+    (:py:func:`~monai_probseg.metrics.quality_scores`; the brain defaults to the non-zero image voxels)."""
+    for key in ("prob", "entropy", "mutual_info"):
+        if key not in outputs:
+            raise KeyError(f"outputs miss {key!r}; the inferer must return prob, entropy and mutual_info.")
+    if image.ndim < 3 or image.shape[0] != 1:
+        raise ValueError(f"image must have shape (1, C_img, *spatial) (one case), got {tuple(image.shape)}.")
+    image = image.detach().float().cpu()
+    prob, entropy, mutual_info = (outputs[k].detach().float().cpu() for k in ("prob", "entropy", "mutual_info"))
+    samples = outputs.get("samples")
+    samples = None if samples is None else samples.detach().cpu()[0]
+    if brain is None:
+        brain = image[0].ne(0).any(0)
+    scores = quality_scores(prob[0], entropy[0], mutual_info[0], samples, regions, brain)
+    return image, prob, entropy, mutual_info, scores
+
+
 class QualityPredictor:
     """Stage 2 of DeVries & Taylor (2018): the predicted Dice per region and a failure flag for one case.
 
@@ -98,21 +121,8 @@ class QualityPredictor:
                 and the case is flagged out of distribution when the network needs them).
             brain: optional ``(*spatial)`` brain mask (default: the non-zero voxels of ``image``).
         """
-        for key in ("prob", "entropy", "mutual_info"):
-            if key not in outputs:
-                raise KeyError(f"outputs miss {key!r}; the inferer must return prob, entropy and mutual_info.")
-        if image.ndim < 3 or image.shape[0] != 1:
-            raise ValueError(f"image must have shape (1, C_img, *spatial) (one case), got {tuple(image.shape)}.")
-        image = image.detach().float().cpu()
-        prob = outputs["prob"].detach().float().cpu()
-        entropy = outputs["entropy"].detach().float().cpu()
-        mutual_info = outputs["mutual_info"].detach().float().cpu()
-        samples = outputs.get("samples")
-        samples = None if samples is None else samples.detach().cpu()[0]
-        if brain is None:
-            brain = image[0].ne(0).any(0)
-        scores = quality_scores(prob[0], entropy[0], mutual_info[0], samples, self.regions, brain)
-        missing = samples is None
+        image, prob, entropy, mutual_info, scores = _case_scores(image, outputs, self.regions, brain)
+        missing = "samples" not in outputs
         full = {name: scores.get(name, 0.0) for name in self.names}
         vector = torch.from_numpy(score_vector(full, self.regions))[None]
         x = quality_net_inputs(image, prob, entropy, mutual_info, self.input_size)
@@ -194,20 +204,9 @@ class SampleAgreementQuality:
     ) -> dict[str, Any]:
         """The ``<case>_quality.json`` dict of one case; ``outputs`` as for :py:meth:`QualityPredictor.predict`
         (``samples`` required)."""
-        for key in ("prob", "entropy", "mutual_info", "samples"):
-            if key not in outputs:
-                raise KeyError(f"outputs miss {key!r}; the inferer must return prob, entropy, mutual_info and samples.")
-        prob = outputs["prob"].detach().float().cpu()[0]
-        if brain is None:
-            brain = image.detach().cpu()[0].ne(0).any(0)
-        scores = quality_scores(
-            prob,
-            outputs["entropy"].detach().float().cpu()[0],
-            outputs["mutual_info"].detach().float().cpu()[0],
-            outputs["samples"].detach().cpu()[0],
-            self.regions,
-            brain,
-        )
+        if "samples" not in outputs:
+            raise KeyError("outputs miss 'samples'; the inferer must return prob, entropy, mutual_info and samples.")
+        scores = _case_scores(image, outputs, self.regions, brain)[-1]
         dice = {name: min(max(scores[f"sample_dice_agreement_{name}"], 0.0), 1.0) for name in self.regions}
         return quality_report(
             case_id,
