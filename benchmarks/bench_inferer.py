@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,14 +47,22 @@ from _common import machine_info, md_table, write_results  # noqa: E402
 
 from monai_probseg.data.synthetic import brats_phantom  # noqa: E402
 from monai_probseg.inferers import StochasticSlidingWindowInferer  # noqa: E402
-from monai_probseg.metrics import DEFAULT_UNCERTAINTY_MAPS  # noqa: E402
+from monai_probseg.metrics import DEFAULT_UNCERTAINTY_MAPS, StreamingUncertaintyMaps  # noqa: E402
 from monai_probseg.networks.nets import ProbabilisticUNet, StochasticSegmentationNetwork  # noqa: E402
 
 logger = logging.getLogger("bench_inferer")
 
 
+BUNDLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles")
+
+
 def build(name: str, weights: str | None) -> torch.nn.Module:
-    if name == "ssn":
+    if name == "brats_ssn":  # the shipped bundle's network and weights, as its inference.json builds them
+        parser = ConfigParser()
+        parser.read_config(os.path.join(BUNDLES, name, "configs", "inference.json"))
+        net = parser.get_parsed_content("network_def")
+        weights = weights or os.path.join(BUNDLES, name, "models", "model.pt")
+    elif name == "ssn":
         net = StochasticSegmentationNetwork(3, 4, 4, rank=10)
     elif name == "prob_unet":
         net = ProbabilisticUNet(3, 4, 4, latent_dim=6, channels=(32, 64, 128, 192))
@@ -73,6 +82,78 @@ def phantom(size, seed=0) -> torch.Tensor:
         fg = image[c] != 0
         image[c][fg] = (image[c][fg] - image[c][fg].mean()) / image[c][fg].std().clamp_min(1e-8)
     return image[None]
+
+
+def _per_sample_seconds(fn, num_samples: int, repeats: int = 2) -> float:
+    """The best of ``repeats`` timings of ``fn()`` (which draws ``num_samples`` samples), per sample."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best / num_samples
+
+
+def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> dict:
+    """Per-sample cost of the sampler + maps against the limit: the work every sample needs and nothing else.
+
+    SSN: the limit is drawing the per-voxel noise, the low-rank product ``P @ eps`` and the softmax, done the
+    fastest way measured (voxel chunks that stay in cache, one matrix product for all samples of a chunk, in place);
+    the sampler is ``sample_moments`` (the same work plus the mean, spread and entropy of every sample). PU-Net:
+    the limit is fcomb's per-sample layers (``combine`` on the features projected once) and the softmax; the
+    sampler is what the inferer runs, ``sample`` plus the streamed maps. ``previous_per_sample_ms`` is the generic
+    path (``sample`` chunk by chunk, softmax, :class:`StreamingUncertaintyMaps`), the SSN's path before the fused
+    sampler.
+    """
+    gen = torch.Generator()
+
+    def generic():
+        acc = StreamingUncertaintyMaps()
+        for start in range(0, num_samples, chunk):
+            acc.update(torch.softmax(net.sample(maps, min(chunk, num_samples - start), gen).float(), 2))
+        return acc.compute()
+
+    if name in ("ssn", "brats_ssn"):
+        scale = net.sample_scale
+        mean, factor, diag = maps["mean"], maps["cov_factor"] * scale, maps["cov_diag"] * scale**2
+        c, v = mean.shape[1], mean[0, 0].numel()
+        r = factor.shape[1] // c
+        m, p, sd = mean[0].reshape(c, v), factor[0].reshape(c, r, v), diag[0].reshape(c, v).sqrt()
+
+        def limit():
+            eps = torch.randn(r, num_samples, generator=gen)
+            step = max(1, 2**17 // (c * num_samples))
+            for a in range(0, v, step):
+                z = torch.matmul(p[:, :, a : a + step].transpose(1, 2), eps)
+                z.addcmul_(torch.randn(z.shape, generator=gen), sd[:, a : a + step, None]).add_(
+                    m[:, a : a + step, None]
+                )
+                torch.softmax(z, 0)
+
+        def ours():
+            return net.sample_moments(maps, num_samples, gen)
+
+    else:
+        projected = net.fcomb.project_features(maps["features"])
+        z_mean, z_std = maps["latent_mean"].unsqueeze(1), maps["latent_std"].unsqueeze(1)
+        view = (1, chunk, z_mean.shape[2], *([1] * (z_mean.ndim - 3)))
+
+        def limit():
+            for _ in range(0, num_samples, chunk):
+                z = z_mean + z_std * torch.randn(chunk * z_mean.shape[2], generator=gen).view(view)
+                torch.softmax(net.fcomb.combine(projected, z), 2)
+
+        ours = generic
+    limit_s = _per_sample_seconds(limit, num_samples)
+    ours_s = _per_sample_seconds(ours, num_samples)
+    previous_s = _per_sample_seconds(generic, num_samples, repeats=1)
+    return {
+        "sampler_voxels": int(next(iter(maps.values()))[0, 0].numel()),
+        "limit_per_sample_ms": 1000 * limit_s,
+        "per_sample_ms": 1000 * ours_s,
+        "per_sample_over_limit": ours_s / limit_s,
+        "previous_per_sample_ms": 1000 * previous_s,
+    }
 
 
 def make_inferer(args, num_samples, sampling="shared"):
@@ -121,7 +202,15 @@ def probe_memory(args, model: str, num_samples: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["ssn", "prob_unet"], choices=["ssn", "prob_unet"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["brats_ssn:phantom", "ssn:phantom", "ssn:random", "prob_unet:phantom"],
+        help="model:input pairs. Models: brats_ssn (the shipped bundle's network), ssn (rank 10, UNet 32..256, "
+        "untrained), prob_unet; inputs: phantom (skull-stripped, sampled with the brain ROI), random (noise "
+        "everywhere: no ROI helps)",
+    )
+    parser.add_argument("--sampler-samples", type=int, default=100, help="samples of the per-sample cost runs")
     parser.add_argument("--size", type=int, nargs=3, default=[240, 240, 155])
     parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--samples", type=int, default=100)
@@ -150,7 +239,7 @@ def main(argv=None) -> dict:
 
     if args.memory_only:
         rows = []
-        for name in args.models:
+        for name in dict.fromkeys(c.split(":")[0] for c in args.cases):
             small, large = probe_memory(args, name, 10), probe_memory(args, name, args.samples)
             rows.append(
                 {
@@ -177,39 +266,49 @@ def main(argv=None) -> dict:
         logger.info("wrote %s", ", ".join(paths))
         return {"rows": rows}
 
-    x = phantom(args.size)
-    brain_fraction = float((x != 0).any(1).float().mean())
+    inputs = {"phantom": phantom(args.size)}
+    inputs["random"] = torch.randn_like(inputs["phantom"], generator=torch.Generator().manual_seed(1))
+    brain_fraction = float((inputs["phantom"] != 0).any(1).float().mean())
     rows = []
-    for name in args.models:
+    for case in args.cases:
+        name, kind = case.split(":")
+        x = inputs[kind]
         torch.manual_seed(0)
         net = build(name, args.weights.get(name))
+        window = x[..., : args.roi[0], : args.roi[1], : args.roi[2]]
+        centre = [slice(max(0, (s - r) // 2), max(0, (s - r) // 2) + r) for s, r in zip(x.shape[2:], args.roi)]
         with torch.no_grad():
-            net(x[..., : args.roi[0], : args.roi[1], : args.roi[2]])  # warm-up (allocator, kernels)
+            net(window)  # warm-up (allocator, kernels)
             t_det, _ = timed(
-                lambda net=net: sliding_window_inference(x, args.roi, 1, net, overlap=0.25, mode="gaussian")
+                lambda net=net, x=x: sliding_window_inference(x, args.roi, 1, net, overlap=0.25, mode="gaussian")
             )
-            logger.info("%s deterministic pass: %.1f s", name, t_det)
-            t_coh, out = timed(lambda net=net: make_inferer(args, args.samples)(x, net))
-            logger.info("%s coherent %d samples + maps: %.1f s", name, args.samples, t_coh)
-            t_naive, _ = timed(lambda net=net: make_inferer(args, args.naive_samples, sampling="per_window")(x, net))
-            logger.info("%s naive %d samples: %.1f s", name, args.naive_samples, t_naive)
-            maps = net.distribution(x[..., : args.roi[0], : args.roi[1], : args.roi[2]])
-            mask_fn = getattr(net, "sampling_mask", None)
-            window_mask = mask_fn(maps) if callable(mask_fn) else None
+            logger.info("%s deterministic pass: %.1f s", case, t_det)
+            t_coh, out = timed(lambda net=net, x=x: make_inferer(args, args.samples)(x, net))
+            logger.info("%s coherent %d samples + maps: %.1f s", case, args.samples, t_coh)
+            t_naive, _ = timed(
+                lambda net=net, x=x: make_inferer(args, args.naive_samples, sampling="per_window")(x, net)
+            )
+            logger.info("%s naive %d samples: %.1f s", case, args.naive_samples, t_naive)
+            maps = net.distribution(x[(..., *centre)])
+            mask = net.sampling_mask(maps)
+            costs = sampler_costs(name, net, maps, args.sampler_samples, args.sample_batch_size)
+            logger.info("%s sampler per sample: %s", case, costs)
         per_naive = t_naive / args.naive_samples
         row = {
             "model": name,
+            "input": kind,
             "deterministic_s": t_det,
             "coherent_s": t_coh,
             "coherent_over_deterministic": t_coh / t_det,
             "naive_per_sample_s": per_naive,
             "naive_extrapolated_s": per_naive * args.samples,
             "naive_over_deterministic": per_naive * args.samples / t_det,
+            **costs,
             "mean_entropy_in_brain": float(out["entropy"][(x != 0).any(1, keepdim=True)].mean()),
-            "weights": args.weights.get(name, "untrained (random init)"),
-            "sampling_mask_fraction_first_window": float(window_mask.float().mean()) if window_mask is not None else "",
+            "weights": args.weights.get(name, "bundle" if name.startswith("brats") else "untrained (random init)"),
+            "sampling_mask_fraction_centre_window": float(mask.float().mean()) if mask is not None else 1.0,
         }
-        if not args.no_memory:
+        if not args.no_memory and kind == "phantom":
             m_small = probe_memory(args, name, 10)
             m_large = probe_memory(args, name, args.samples)
             row.update(
@@ -218,7 +317,7 @@ def main(argv=None) -> dict:
                 peak_rss_ratio=m_large["peak_rss_mib"] / m_small["peak_rss_mib"],
             )
         rows.append(row)
-        logger.info("%s: %s", name, row)
+        logger.info("%s: %s", case, row)
 
     results = {
         "machine": machine_info(),
@@ -228,11 +327,17 @@ def main(argv=None) -> dict:
     }
     cols = [
         "model",
+        "input",
         "deterministic_s",
         "coherent_s",
         "coherent_over_deterministic",
         "naive_extrapolated_s",
         "naive_over_deterministic",
+        "limit_per_sample_ms",
+        "per_sample_ms",
+        "per_sample_over_limit",
+        "previous_per_sample_ms",
+        "sampling_mask_fraction_centre_window",
         "peak_rss_mib_10",
         "peak_rss_mib_n",
         "peak_rss_ratio",
@@ -243,8 +348,15 @@ def main(argv=None) -> dict:
         f"{brain_fraction:.3f}. Times in seconds, one run each, all in the same process.\n\n"
         + md_table(rows, cols)
         + f"\n\n`naive_extrapolated_s`: measured with {args.naive_samples} samples (a full pass each), times "
-        f"{args.samples}/{args.naive_samples}. `peak_rss_mib_*`: max RSS of a fresh process running the coherent "
-        f"inferer (keep_samples=False) with 10 and {args.samples} samples, on a "
+        f"{args.samples}/{args.naive_samples}. `input`: `phantom` is the skull-stripped phantom sampled with the "
+        'brain ROI (`sample_roi="nonzero"` and the network\'s sampling mask), `random` is noise everywhere (no '
+        "ROI helps). `brats_ssn` is the shipped bundle's network and weights. Per-sample costs (ms, best of 2, "
+        f"{args.sampler_samples} samples of the centre window's maps): `limit` is the work each sample needs "
+        "(SSN: per-voxel noise, low-rank product and softmax done the fastest way measured; PU-Net: fcomb on "
+        "the projected features and softmax), `per_sample` what the inferer spends (with the mean, spread and "
+        "entropy), `previous` the generic chunked path (sample, softmax, streamed maps). `peak_rss_mib_*`: max "
+        "RSS of a fresh process running the coherent inferer (keep_samples=False) with 10 and "
+        f"{args.samples} samples, on a "
         f"{'x'.join(map(str, args.memory_size or args.size))} volume.\n\n"
         + f"Command: `python benchmarks/bench_inferer.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
     )

@@ -10,7 +10,8 @@ that both can use one definition of each formula (see docs/design.rst):
   Probabilistic U-Net (Kohl et al., NeurIPS 2018), used by its training forward pass and by the ELBO and KL losses;
 - :py:func:`low_rank_sample`: samples ``mean + P @ eps + sqrt(D) * eta`` of the low-rank normal over logits of
   Stochastic Segmentation Networks (Monteiro et al., NeurIPS 2020), used by the network's sampler and by the Monte
-  Carlo likelihood of its loss;
+  Carlo likelihood of its loss; :py:func:`low_rank_moments`, the fused form the whole-volume inferer uses: the
+  moments of the probabilities of ``N`` such samples (mean, spread, mean entropy) without storing the samples;
 - :py:func:`variance_to_std`: ``sqrt`` of the covariance diagonal with a finite gradient at 0 (used by the sampler);
 - :py:func:`gaussian_log_density`: ``log N(x; mean, exp(log_var))`` element-wise, the intensity likelihood of the
   anatomical-prior segmentation model (Dalca et al., CVPR 2018) and of its ELBO loss.
@@ -30,7 +31,14 @@ import torch
 
 from monai_probseg.utils import check_positive_int, make_generator
 
-__all__ = ["MIN_VARIANCE", "gaussian_kl_divergence", "gaussian_log_density", "low_rank_sample", "variance_to_std"]
+__all__ = [
+    "MIN_VARIANCE",
+    "gaussian_kl_divergence",
+    "gaussian_log_density",
+    "low_rank_moments",
+    "low_rank_sample",
+    "variance_to_std",
+]
 
 # variances at or below this are treated as 0 by the low-rank sampler (see variance_to_std)
 MIN_VARIANCE = 1e-12
@@ -241,3 +249,117 @@ def low_rank_sample(
     if antithetic:
         centred = torch.cat([centred, centred.neg()], dim=1)
     return centred.add_(mean.unsqueeze(1))
+
+
+# elements (classes x voxels x samples) of one fused chunk: small enough to stay in a CPU core's cache
+_FUSED_CHUNK_ELEMENTS = {"cpu": 2**17, "cuda": 2**24}
+
+
+@torch.no_grad()
+def low_rank_moments(
+    mean: torch.Tensor,
+    cov_factor: torch.Tensor,
+    cov_diag: torch.Tensor,
+    num_samples: int,
+    generator: int | torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
+    keep_labels: bool = False,
+    chunk_elements: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The moments of the softmax probabilities of ``num_samples`` low-rank samples, without storing the samples.
+
+    The fused sampler behind whole-volume uncertainty maps of Stochastic Segmentation Networks: for a chunk of
+    voxels at a time, all ``N`` samples ``mean + P @ eps + sqrt(D) * eta`` are drawn (one small matrix product
+    for the low-rank part, the per-voxel noise drawn into the chunk), turned into probabilities with one
+    softmax and folded into the per-voxel mean, sum of squared deviations and mean entropy before the next
+    chunk. Every sample's probabilities are visited once, in a chunk that stays in cache, which makes the cost per
+    sample close to that of drawing the noise itself (``benchmarks/bench_sampler.py``). The samples follow exactly
+    the distribution of :py:func:`low_rank_sample`; the random stream is laid out differently (``eps = randn(B,
+    N, R)``, then per batch item and chunk of voxels ``eta`` of shape ``(C, voxels, N)``), so the same seed gives
+    the same moments here, not the samples of :py:func:`low_rank_sample`.
+
+    Args:
+        mean: ``(B, C, *spatial)`` mean logits, ``C >= 2`` (softmax over classes).
+        cov_factor: ``(B, C * R, *spatial)`` covariance factor (channel ``c * R + r`` is rank ``r`` of class ``c``).
+        cov_diag: ``(B, C, *spatial)`` covariance diagonal (variances, see :py:func:`variance_to_std`).
+        num_samples: number of samples ``N``.
+        generator: seed or ``torch.Generator`` (``None``: torch's global random state).
+        eps: optional global low-rank noise ``(B or 1, N, R)`` instead of drawing it.
+        keep_labels: also return the label map (argmax) of every sample.
+        chunk_elements: classes x voxels x samples per chunk (default: ``2**17`` on CPU, ``2**24`` on CUDA). It
+            sets the layout of the random stream, so keep it fixed to reproduce results.
+
+    Returns:
+        ``{"mean": (B, C, *spatial) mean probabilities, "m2": (B, C, *spatial) sum over samples of the squared
+        deviations from it, "expected_entropy": (B, 1, *spatial) mean over samples of the entropy}`` (float32;
+        the entropy is exact, no clamp inside its logarithm), and ``"labels"`` ``(B, N, *spatial)`` uint8 with
+        ``keep_labels``.
+    """
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if mean.ndim < 3 or mean.shape[1] < 2:
+        raise ValueError(f"mean must be (B, C, *spatial) logits with C >= 2 classes, got shape {tuple(mean.shape)}.")
+    if cov_diag.shape != mean.shape:
+        raise ValueError(f"cov_diag must have the shape of mean {tuple(mean.shape)}, got {tuple(cov_diag.shape)}.")
+    batch, num_classes = mean.shape[:2]
+    spatial = tuple(mean.shape[2:])
+    if (
+        cov_factor.ndim != mean.ndim
+        or cov_factor.shape[0] != batch
+        or tuple(cov_factor.shape[2:]) != spatial
+        or cov_factor.shape[1] % num_classes != 0
+    ):
+        raise ValueError(
+            f"cov_factor must be (B, C * R, *spatial) = ({batch}, {num_classes} * R, {', '.join(map(str, spatial))}), "
+            f"got {tuple(cov_factor.shape)}."
+        )
+    rank = cov_factor.shape[1] // num_classes
+    gen = make_generator(generator, mean.device)
+    noise_device = gen.device if gen is not None else mean.device
+    if eps is None:
+        eps = torch.randn((batch, num_samples, rank), generator=gen, device=noise_device, dtype=torch.float32)
+    elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_samples, rank):
+        raise ValueError(
+            f"eps must be ({batch} or 1, {num_samples}, {rank}) (batch, samples, rank), got {tuple(eps.shape)}."
+        )
+    eps = eps.to(device=mean.device, dtype=torch.float32).expand(batch, num_samples, rank)
+    if chunk_elements is None:
+        chunk_elements = _FUSED_CHUNK_ELEMENTS.get(mean.device.type, _FUSED_CHUNK_ELEMENTS["cuda"])
+    num_voxels = math.prod(spatial)
+    step = max(1, int(chunk_elements) // (num_classes * num_samples))
+
+    f32 = {"device": mean.device, "dtype": torch.float32}
+    out_mean = torch.empty((batch, num_classes, num_voxels), **f32)
+    out_m2 = torch.empty((batch, num_classes, num_voxels), **f32)
+    out_entropy = torch.empty((batch, 1, num_voxels), **f32)
+    labels = (
+        torch.empty((batch, num_samples, num_voxels), device=mean.device, dtype=torch.uint8) if keep_labels else None
+    )
+    for b in range(batch):
+        m = mean[b].reshape(num_classes, num_voxels).float()
+        factor = cov_factor[b].reshape(num_classes, rank, num_voxels).float()
+        std = variance_to_std(cov_diag[b].reshape(num_classes, num_voxels).float())
+        eps_b = eps[b].transpose(0, 1).contiguous()  # (R, N)
+        for start in range(0, num_voxels, step):
+            stop = min(num_voxels, start + step)
+            z = torch.matmul(factor[:, :, start:stop].transpose(1, 2), eps_b)  # (C, v, N): P @ eps
+            eta = torch.randn(z.shape, generator=gen, device=noise_device, dtype=torch.float32).to(z.device)
+            z.addcmul_(eta, std[:, start:stop, None]).add_(m[:, start:stop, None])
+            if labels is not None:
+                labels[b, :, start:stop] = z.argmax(0).transpose(0, 1).to(torch.uint8)
+            # softmax and entropy in one go: with z centred on its max, p = e^z / s and H = log s - sum_c p z
+            z.sub_(z.amax(dim=0, keepdim=True))
+            p = z.exp()
+            total = p.sum(dim=0, keepdim=True)
+            p.div_(total)
+            out_entropy[b, 0, start:stop] = (total.log_().sum(dim=(0, 2)) - (p * z).sum(dim=(0, 2))) / num_samples
+            mu = p.mean(dim=2)
+            out_mean[b, :, start:stop] = mu
+            out_m2[b, :, start:stop] = p.sub_(mu[..., None]).square_().sum(dim=2)
+    result = {
+        "mean": out_mean.reshape(batch, num_classes, *spatial),
+        "m2": out_m2.reshape(batch, num_classes, *spatial),
+        "expected_entropy": out_entropy.reshape(batch, 1, *spatial),
+    }
+    if labels is not None:
+        result["labels"] = labels.reshape(batch, num_samples, *spatial)
+    return result

@@ -286,8 +286,7 @@ class StochasticSlidingWindowInferer(Inferer):
             roi = self._roi(inputs).to(sample_device)
             mask = roi if mask is None else mask.to(sample_device) & roi
         if mask is None:
-            chunks = (network.sample(maps, n, generator) for _, n in self._chunks("sampling"))
-            return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
+            return self._sample_maps(network, maps, generator, device, "sampling")
 
         # sample only inside the mask; outside it every sample equals the mean prediction
         spatial = next(iter(maps.values())).shape[2:]
@@ -303,12 +302,33 @@ class StochasticSlidingWindowInferer(Inferer):
             compact = {
                 k: v[b : b + 1].flatten(2)[..., index].reshape(1, v.shape[1], *compact_shape) for k, v in maps.items()
             }
-            chunks = (network.sample(compact, n, generator) for _, n in self._chunks(f"sampling item {b}"))
-            part = self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
+            part = self._sample_maps(network, compact, generator, device, f"sampling item {b}")
             for key, value in part.items():
                 target = full[key][b].flatten(1)
                 target[:, index.to(target.device)] = value[0].flatten(1).to(target.dtype)
         return full
+
+    def _sample_maps(
+        self,
+        network: DistributionModel,
+        maps: dict[str, torch.Tensor],
+        generator: torch.Generator | None,
+        device: torch.device,
+        desc: str,
+    ) -> dict[str, torch.Tensor]:
+        """The summary of ``num_samples`` samples of ``maps``: the network's fused ``sample_moments`` when it has
+        one, else its ``sample`` chunk by chunk."""
+        moments = network.sample_moments(maps, self.num_samples, generator, keep_labels=self.keep_samples)
+        if moments is None:
+            chunks = (network.sample(maps, n, generator) for _, n in self._chunks(desc))
+            return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
+        acc = StreamingUncertaintyMaps()
+        acc.merge(self.num_samples, *(moments[k].to(device) for k in ("mean", "m2", "expected_entropy")))
+        summary = acc.compute()
+        result = {k: summary[k] for k in self.outputs}
+        if self.keep_samples:
+            result["samples"] = moments["labels"].to(device)
+        return result
 
     def _roi(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.sample_roi == "nonzero":

@@ -161,13 +161,34 @@ class StreamingUncertaintyMaps:
         mean_new = probs.mean(dim=1)
         m2_new = (probs - mean_new[:, None]).square().sum(dim=1)
         entropy_new = _entropy(probs, dim=2, eps=self.eps).mean(dim=1)
+        self.merge(num_new, mean_new, m2_new, entropy_new)
+
+    def merge(self, num_new: int, mean_new: torch.Tensor, m2_new: torch.Tensor, entropy_new: torch.Tensor) -> None:
+        """Add ``num_new`` samples given by their moments (what a fused sampler such as
+        :py:func:`~monai_probseg.distributions.low_rank_moments` returns instead of the samples).
+
+        Args:
+            num_new: number of samples the moments summarise.
+            mean_new: their mean probabilities ``(B, C, *spatial)``.
+            m2_new: their sum of squared deviations from ``mean_new`` ``(B, C, *spatial)``.
+            entropy_new: their mean entropy ``(B, 1, *spatial)``.
+        """
+        num_new = int(num_new)
+        if num_new <= 0:
+            return
+        mean_new, m2_new, entropy_new = (t.to(self.dtype) for t in (mean_new, m2_new, entropy_new))
+        if m2_new.shape != mean_new.shape or entropy_new.shape != (mean_new.shape[0], 1, *mean_new.shape[2:]):
+            raise ValueError(
+                f"moments must be mean and m2 (B, C, *spatial) and expected entropy (B, 1, *spatial), got shapes "
+                f"{tuple(mean_new.shape)}, {tuple(m2_new.shape)} and {tuple(entropy_new.shape)}."
+            )
         if self._mean is None or self._m2 is None or self._expected_entropy is None:
             self._count, self._mean, self._m2, self._expected_entropy = num_new, mean_new, m2_new, entropy_new
             return
         if mean_new.shape != self._mean.shape:
             raise ValueError(
-                f"probs_chunk has shape {tuple(probs_chunk.shape)}, which does not match the earlier chunks "
-                f"(per-chunk mean shape {tuple(self._mean.shape)}); call reset() before a new case."
+                f"new samples have per-chunk mean shape {tuple(mean_new.shape)}, which does not match the earlier "
+                f"chunks ({tuple(self._mean.shape)}); call reset() before a new case."
             )
         total = self._count + num_new
         weight = num_new / total

@@ -186,7 +186,8 @@ class DistributionModel(ProbabilisticModel):
     - ``mean_logits(maps) -> (B, C, *spatial)``: the best single answer from maps (equal to ``forward(x)`` for one
       window), given to the voxels where sampling is skipped.
 
-    and may override ``sampling_mask(maps)`` (default ``None``: sample every voxel).
+    and may override ``sampling_mask(maps)`` (default ``None``: sample every voxel) and ``sample_moments(maps,
+    num_samples, generator)`` (default ``None``: the inferer folds the chunks of ``sample`` itself).
     """
 
     sampling_kind = SamplingKind.DISTRIBUTION
@@ -210,6 +211,30 @@ class DistributionModel(ProbabilisticModel):
 
         Args:
             maps: the (stitched) output of :py:meth:`distribution`.
+        """
+        return None
+
+    def sample_moments(
+        self,
+        maps: dict[str, torch.Tensor],
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        keep_labels: bool = False,
+    ) -> dict[str, torch.Tensor] | None:
+        """Optional fused sampler: the moments of the probabilities of ``num_samples`` samples, or ``None``.
+
+        A model whose samples can be summarised without materialising them (e.g. the low-rank normal of the SSN,
+        :py:func:`~monai_probseg.distributions.low_rank_moments`) returns ``{"mean": (B, C, *spatial) mean
+        probabilities, "m2": (B, C, *spatial) sum of squared deviations, "expected_entropy": (B, 1, *spatial)
+        mean entropy}`` (plus ``"labels"`` ``(B, N, *spatial)`` uint8 with ``keep_labels``), all from samples of
+        the same distribution as :py:meth:`sample`. The inferer then uses it instead of calling :py:meth:`sample`
+        chunk by chunk. The default, ``None``, means the model has no such form.
+
+        Args:
+            maps: the (stitched) output of :py:meth:`distribution`.
+            num_samples: number of samples ``N``.
+            generator: the generator of the draws (same state, same moments).
+            keep_labels: also return every sample's label map.
         """
         return None
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from monai_probseg.distributions import low_rank_sample
+from monai_probseg.distributions import low_rank_moments, low_rank_sample
 from monai_probseg.networks.blocks.backbone import backbone_features, feature_backbone
 from monai_probseg.networks.blocks.lowrank import LowRankHead
 from monai_probseg.networks.contract import DistributionModel
@@ -224,13 +224,35 @@ class StochasticSegmentationNetwork(DistributionModel):
         Returns:
             logits ``(B, N, C, *spatial)``.
         """
+        mean, factor, diag = self._scaled(maps)
+        return low_rank_sample(mean, factor, diag, num_samples, generator=generator, eps=eps)
+
+    def _scaled(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         missing = [k for k in ("mean", "cov_factor", "cov_diag") if k not in maps]
         if missing:
             raise KeyError(f"maps lacks {missing}; expected the dict returned by distribution(), got {sorted(maps)}.")
         factor, diag = maps["cov_factor"], maps["cov_diag"]
         if self.sample_scale != 1.0:
             factor, diag = factor * self.sample_scale, diag * self.sample_scale**2
-        return low_rank_sample(maps["mean"], factor, diag, num_samples, generator=generator, eps=eps)
+        return maps["mean"], factor, diag
+
+    def sample_moments(
+        self,
+        maps: dict[str, torch.Tensor],
+        num_samples: int,
+        generator: int | torch.Generator | None = None,
+        keep_labels: bool = False,
+    ) -> dict[str, torch.Tensor] | None:
+        """The moments of the probabilities of ``num_samples`` samples, drawn and folded voxel chunk by chunk.
+
+        :py:func:`~monai_probseg.distributions.low_rank_moments` on the maps (with :py:attr:`sample_scale`): the
+        same distribution as :py:meth:`sample`, at about the cost of drawing the noise. ``None`` for a single
+        class (sigmoid), where the inferer folds the chunks of :py:meth:`sample` instead.
+        """
+        mean, factor, diag = self._scaled(maps)
+        if mean.shape[1] < 2:
+            return None
+        return low_rank_moments(mean, factor, diag, num_samples, generator=generator, keep_labels=keep_labels)
 
     def mean_logits(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """The best single answer from the maps of :py:meth:`distribution`: the mean logits ``(B, C, *spatial)``."""
