@@ -30,6 +30,7 @@ from .runner import SAVED_OUTPUTS, InferenceFailedError, ProbSegInferenceRunner
 from .training import check_checkpoint_dir
 from .utils import bundle_root, latest_checkpoint, load_weights
 from .validation import (
+    CheckLabelValuesd,
     ConfigError,
     check_case_id,
     check_inference_config,

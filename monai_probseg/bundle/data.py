@@ -45,7 +45,12 @@ from monai_probseg.data import (
     case_folder_datalist,
     check_same_geometry,
 )
-from monai_probseg.data.synthetic import MODALITIES, write_ambiguous_lesions_2d, write_brats_phantoms
+from monai_probseg.data.synthetic import (
+    MODALITIES,
+    write_ambiguous_lesions_2d,
+    write_anatomy_phantoms,
+    write_brats_phantoms,
+)
 
 __all__ = [
     "DATASET_KINDS",
@@ -63,7 +68,10 @@ logger = logging.getLogger(__name__)
 DATASET_KINDS: dict[str, dict[str, Any]] = {
     "brats": {"modalities": tuple(MODALITIES), "label": "seg", "rater": "seg-rater", "spatial_dims": 3},
     "lesions2d": {"modalities": ("image",), "label": None, "rater": "annot", "spatial_dims": 2},
+    "anatomy": {"modalities": ("t1",), "label": "seg", "rater": "seg-rater", "spatial_dims": 3},
 }
+#: default size of the synthetic cases of each kind
+_PHANTOM_SIZES = {"brats": (64, 64, 64), "lesions2d": (128, 128), "anatomy": (144, 176, 128)}
 #: item keys holding one optional file path besides "image", "label" and "raters"
 _OPTIONAL_FILES = ("brainmask",)
 
@@ -163,9 +171,14 @@ def _normalise_item(item: Mapping[str, Any], base_dir: str, where: str) -> dict[
         if out.get(key):
             out[key] = absolute(out[key])
     if out.get("case_id") in (None, ""):
-        out["case_id"] = _case_id_from_path(images[0])
+        out["case_id"] = _case_id_from_path(images[0] if images else out["label"] or "")
     out["case_id"] = check_case_id(out["case_id"], where)
     return out
+
+
+def _identity(item: Mapping[str, Any]) -> tuple:
+    """What makes two items the same case: their image files and label (a label-only data set has no images)."""
+    return (tuple(item["image"]), item.get("label"))
 
 
 def _case_id_from_path(path: str) -> str:
@@ -190,11 +203,14 @@ class BundleDatalist:
     Args:
         dataset_dir: a datalist JSON, a data folder (see the module docstring), or ``None``/``""`` for synthetic
             cases written to a temporary folder.
-        kind: ``"brats"`` (3D, four MRI modalities, BraTS 2023 labels) or ``"lesions2d"`` (2D, one channel, binary).
+        kind: ``"brats"`` (3D, four MRI modalities, BraTS 2023 labels), ``"lesions2d"`` (2D, one channel, binary) or
+            ``"anatomy"`` (3D skull-stripped T1, labels 0 background, 1 CSF, 2 GM, 3 WM;
+            :func:`monai_probseg.data.synthetic.write_anatomy_phantoms` cases).
         data_list_key: the list :py:meth:`items` returns by default (``"test"``); when that list is missing or
             empty, all cases of the data set are used.
         num_phantoms: number of synthetic cases written when ``dataset_dir`` is empty.
-        phantom_size: their spatial size (default 64^3 for ``"brats"``, 128^2 for ``"lesions2d"``).
+        phantom_size: their spatial size (default 64^3 for ``"brats"``, 128^2 for ``"lesions2d"``, 144x176x128 at
+            1 mm for ``"anatomy"``).
         num_raters: raters (annotators) per synthetic case.
         seed: seed of the synthetic cases (the embedded weights were trained on seed 0; the default 1 gives unseen
             cases).
@@ -204,6 +220,9 @@ class BundleDatalist:
             ``split_seed``; all timepoints of a BraTS patient stay together), the split of
             :func:`monai_probseg.data.brats_datalist`.
         split_seed: seed of that validation split.
+        phantom_family: shape family of synthetic ``"anatomy"`` cases (label maps of one family train a prior,
+            images of another the segmenter; :func:`~monai_probseg.data.synthetic.write_anatomy_phantoms`).
+        phantom_contrasts: contrasts of synthetic ``"anatomy"`` cases (default the kind's modalities, ``("t1",)``).
 
     Example::
 
@@ -225,8 +244,12 @@ class BundleDatalist:
         phantom_dir: str | os.PathLike | None = None,
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        phantom_family: int = 1,
+        phantom_contrasts: Sequence[str] | None = None,
     ) -> None:
         self.spec = _kind(kind)
+        self.phantom_family = int(phantom_family)
+        self.phantom_contrasts = tuple(phantom_contrasts) if phantom_contrasts is not None else None
         self.kind = kind
         self.dataset_dir = os.fspath(dataset_dir) if dataset_dir not in (None, "") else None
         self.data_list_key = str(data_list_key)
@@ -313,13 +336,23 @@ class BundleDatalist:
 
     def _generate(self) -> str:
         folder = self.phantom_dir or tempfile.mkdtemp(prefix=f"monai_probseg_{self.kind}_")
+        size = tuple(self.phantom_size) if self.phantom_size is not None else _PHANTOM_SIZES[self.kind]
         if self.kind == "brats":
-            size = tuple(self.phantom_size) if self.phantom_size is not None else (64, 64, 64)
             path = write_brats_phantoms(
                 folder, self.num_phantoms, size, self.num_raters, self.seed, split=self.phantom_split
             )
+        elif self.kind == "anatomy":
+            contrasts = self.phantom_contrasts if self.phantom_contrasts is not None else self.modalities
+            path = write_anatomy_phantoms(
+                folder,
+                self.num_phantoms,
+                size,
+                contrasts=contrasts,
+                seed=self.seed,
+                split=self.phantom_split,
+                family=self.phantom_family,
+            )
         else:
-            size = tuple(self.phantom_size) if self.phantom_size is not None else (128, 128)
             path = write_ambiguous_lesions_2d(
                 folder, self.num_phantoms, size, self.num_raters, self.seed, split=self.phantom_split
             )
@@ -342,7 +375,7 @@ class BundleDatalist:
         seen, out = set(), []
         for value in self.datalist.values():
             for item in value:
-                key = tuple(item["image"])
+                key = _identity(item)
                 if key not in seen:
                     seen.add(key)
                     out.append(item)
@@ -384,10 +417,9 @@ class BundleDatalist:
                 logger.info("the data set has no '%s' cases: using all %d case(s)", key, len(items))
         if not items:
             raise ValueError(f"the data set '{self.dataset_dir}' has no cases.")
-        chosen_images = {tuple(it["image"]) for it in items}
+        chosen_images = {_identity(it) for it in items}
         not_run = {
-            name: sum(1 for it in value if tuple(it["image"]) not in chosen_images)
-            for name, value in self.datalist.items()
+            name: sum(1 for it in value if _identity(it) not in chosen_images) for name, value in self.datalist.items()
         }
         not_run = {k: v for k, v in not_run.items() if v}
         self.selection = {"source": self.source, "list": chosen, "num_cases": len(items), "not_run": not_run}

@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform
 
 from monai_probseg.metrics import check_label_range
 
 __all__ = [
+    "CheckLabelValuesd",
     "ConfigError",
     "check_case_id",
     "check_inference_config",
@@ -266,3 +268,29 @@ def install_concise_errors(force: bool = False) -> bool:
     hook._monai_probseg = True  # type: ignore[attr-defined]
     sys.excepthook = hook
     return True
+
+
+class CheckLabelValuesd(MapTransform):
+    """Check that loaded label maps hold only ``0 .. num_classes - 1`` (:func:`check_label_values`), naming the file.
+
+    Put right after loading in a training pipeline, so a label file with foreign values (e.g. a FreeSurfer
+    ``aseg`` instead of 0/1/2/3 tissue labels) stops the run with one line naming the file, the values found and
+    the labels expected, instead of an index error inside the loss.
+
+    Args:
+        keys: keys of the label maps.
+        num_classes: number of classes, background included.
+        allow_missing_keys: do not raise for missing keys.
+    """
+
+    def __init__(self, keys, num_classes: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", {}) or {}
+            name = meta.get("filename_or_obj")
+            check_label_values(d[key], self.num_classes, f"label file '{name}'" if name else f"'{key}'", et_hint=False)
+        return d

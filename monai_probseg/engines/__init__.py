@@ -4,4 +4,4 @@
 from __future__ import annotations
 
 from .diffusion import DiffusionPrepareBatch
-from .trainer import LossTermsRecorder, PrepareBatchWithLabel, ProbSegTrainer, loss_terms_transform
+from .trainer import KeywordLoss, LossTermsRecorder, PrepareBatchWithLabel, ProbSegTrainer, loss_terms_transform

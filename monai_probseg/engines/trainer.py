@@ -25,7 +25,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["ProbSegTrainer", "PrepareBatchWithLabel", "LossTermsRecorder", "loss_terms_transform"]
+__all__ = ["ProbSegTrainer", "PrepareBatchWithLabel", "LossTermsRecorder", "KeywordLoss", "loss_terms_transform"]
 
 
 class PrepareBatchWithLabel(PrepareBatch):
@@ -107,6 +107,46 @@ class LossTermsRecorder:
                     self.terms[key] = value.detach().mean() if isinstance(value, torch.Tensor) else value
             return result["loss"]
         return result
+
+
+class KeywordLoss:
+    """Call a loss that takes its tensors by name with a network's training output dict: ``loss(**outputs)``.
+
+    Losses such as :py:class:`~monai_probseg.losses.AnatomicalPriorELBOLoss` take ``(logits, image, latent_mean,
+    ...)`` by keyword, and the models' training forward passes return exactly those entries. The trainer calls
+    ``loss_function(outputs, target)``; this adapter turns that into ``loss(**outputs)`` or, with ``target_key``,
+    ``loss(**outputs, <target_key>=target)``.
+
+    Args:
+        loss: the loss to call.
+        target_key: the keyword the trainer's target is passed as (``"target"`` for
+            :py:class:`~monai_probseg.losses.AnatomicalPriorVAELoss`); ``None``: the target is not passed (an
+            unsupervised loss, whose batches need not hold a label).
+
+    Example::
+
+        trainer = ProbSegTrainer(..., network=prior_vae, loss_function=KeywordLoss(AnatomicalPriorVAELoss(), "target"),
+                                 label_to_network=False)
+    """
+
+    def __init__(self, loss: Callable, target_key: str | None = None) -> None:
+        if not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
+        self.loss = loss
+        self.target_key = target_key
+
+    def __call__(self, outputs: Mapping[str, Any], target: Any = None) -> Any:
+        if not isinstance(outputs, Mapping):
+            raise TypeError(
+                f"{type(self.loss).__name__} needs the dict of a training forward pass, got {type(outputs).__name__}: "
+                "is the network in train mode (and built to return its loss inputs)?"
+            )
+        kwargs = dict(outputs)
+        if self.target_key is not None:
+            if target is None:
+                raise ValueError(f"{type(self.loss).__name__} needs the label of the batch as '{self.target_key}'.")
+            kwargs[self.target_key] = target
+        return self.loss(**kwargs)
 
 
 class ProbSegTrainer(SupervisedTrainer):

@@ -4,4 +4,5 @@
 from __future__ import annotations
 
 from .annotators import RandAnnotator, RandAnnotatord, StackAnnotators, StackAnnotatorsd
+from .intensity import ScaleBrainIntensity, ScaleBrainIntensityd
 from .uncertainty import UncertaintyMapsD, UncertaintyMapsd, UncertaintyMapsDict

@@ -172,3 +172,32 @@ def test_check_case_files(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(CaseError, match="cannot read the t1n file"):
         check_case_files({"image": [str(tmp_path / "junk.nii.gz"), *good[1:]]}, mods)
+
+
+def test_anatomy_kind_phantoms_and_label_only_lists(tmp_path):
+    """kind="anatomy": T1 phantoms of the asked family; a label-only data set keeps every case (no images)."""
+    data = BundleDatalist(
+        None,
+        kind="anatomy",
+        num_phantoms=3,
+        phantom_size=(20, 20, 20),
+        seed=2,
+        phantom_split=(0.4, 0.3, 0.3),
+        phantom_dir=str(tmp_path / "t1"),
+        phantom_family=2,
+    )
+    items = data.items("all")
+    assert data.modalities == ("t1",) and len(items) == 3
+    assert all(it["image"][0].endswith("-t1.nii.gz") and it["case_id"].startswith("ANAT-F2-") for it in items)
+    labels = BundleDatalist(
+        None,
+        kind="anatomy",
+        num_phantoms=3,
+        phantom_size=(20, 20, 20),
+        phantom_contrasts=(),
+        phantom_split=(1.0, 0.0, 0.0),
+        phantom_dir=str(tmp_path / "seg"),
+        phantom_family=0,
+    )
+    train = labels.labelled_items("training")
+    assert len(train) == 3 and all(it["image"] == [] and it["label"].endswith("-seg.nii.gz") for it in train)

@@ -171,3 +171,17 @@ def test_checkpoint_save_and_resume(tmp_path):
     assert trainer2.state.epoch == 3
     assert trainer2.state.iteration == 6
     assert len(net2.seen_label) == 2
+
+
+def test_keyword_loss_passes_the_outputs_by_name():
+    from monai_probseg.engines import KeywordLoss
+
+    def loss(a, b, target=None):
+        return {"loss": a + b + (0 if target is None else target)}
+
+    assert KeywordLoss(loss)({"a": 1, "b": 2}, target=100)["loss"] == 3  # unsupervised: no target passed
+    assert KeywordLoss(loss, "target")({"a": 1, "b": 2}, 100)["loss"] == 103
+    with pytest.raises(TypeError, match="train mode"):
+        KeywordLoss(loss)(torch.zeros(1))
+    with pytest.raises(ValueError, match="label"):
+        KeywordLoss(loss, "target")({"a": 1, "b": 2}, None)

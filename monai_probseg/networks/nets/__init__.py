@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .anatomical_prior import AnatomicalPriorSegmentation, AnatomicalPriorVAE
 from .diffusion_seg import DiffusionSegmentation
+from .intensity_mixture import IntensityMixtureSegmentation
 from .mose import MixtureOfStochasticExperts, MoSE, gate_weights
 from .prob_unet import ProbabilisticUNet, ProbUNet
 from .quality_net import SegmentationQualityNet

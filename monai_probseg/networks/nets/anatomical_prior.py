@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
 
+from monai_probseg.losses.anatomical_prior import label_log_likelihood
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, make_generator
 
@@ -165,6 +166,9 @@ class AnatomicalPriorVAE(_LatentGrid, nn.Module):
         norm: normalisation (MONAI layer factory name or tuple); batch norm by default.
         dropout: dropout rate of the convolution blocks.
         log_var_bounds: ``(low, high)`` of the latent log-variances (a smooth sigmoid bound).
+        return_loss_inputs: in train mode, ``forward`` returns the dict of :py:meth:`reconstruct` (the arguments of
+            :py:class:`~monai_probseg.losses.AnatomicalPriorVAELoss` besides the target) instead of the logits, so a
+            trainer (and ``DistributedDataParallel``) can call the network itself. Eval mode always returns logits.
 
     Example::
 
@@ -186,8 +190,10 @@ class AnatomicalPriorVAE(_LatentGrid, nn.Module):
         norm: tuple | str = Norm.BATCH,
         dropout: float = 0.0,
         log_var_bounds: Sequence[float] = (-10.0, 4.0),
+        return_loss_inputs: bool = False,
     ) -> None:
         super().__init__()
+        self.return_loss_inputs = bool(return_loss_inputs)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -280,13 +286,16 @@ class AnatomicalPriorVAE(_LatentGrid, nn.Module):
             z = mu + torch.exp(0.5 * log_var) * eps
         return {"logits": self._crop(self.decode(z), spatial), "latent_mean": mu, "latent_log_var": log_var}
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Reconstruction logits ``(B, C, *spatial)``: of a draw of ``q(z | s)`` in training, of its mean in eval.
+
+        With ``return_loss_inputs``, train mode returns the whole dict of :py:meth:`reconstruct`.
 
         Args:
             labels: label maps, as :py:meth:`encode`.
         """
-        return self.reconstruct(labels, sample=self.training)["logits"]
+        out = self.reconstruct(labels, sample=self.training)
+        return out if self.training and self.return_loss_inputs else out["logits"]
 
     @torch.no_grad()
     def sample_prior(
@@ -330,12 +339,20 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
     :py:class:`~monai_probseg.losses.AnatomicalPriorELBOLoss`. In train mode ``forward(x, y)`` returns the dict of
     that loss's arguments, so ``loss_fn(**net(x, y))`` is the loss.
 
+    Segmentation posterior (``intensity_posterior=True``): the prior's ``p(s | z)`` alone is only as detailed as a
+    decoded low-resolution latent grid. Dalca et al. (sec. 3) segment with the per-voxel posterior given ``z`` *and*
+    the image, ``p(s_j = l | z, x_j) ∝ p(s_j = l | z) p(x_j | s_j = l)``: the anatomy from the prior, the voxel's own
+    intensity for the detail. With this option every eval output (``forward``, ``mean_logits``, ``sample``) is the
+    logits ``log_softmax(decoder(z)) + log p(x_j | s_j = l)`` of that posterior (a softmax of them is the
+    normalised posterior), and ``distribution`` adds the ``"image"`` to its maps. Training outputs are unchanged.
+
     The model contract (:py:class:`~monai_probseg.networks.contract.DistributionModel`):
 
-    - ``forward(x)`` in eval: label logits ``(B, C, *spatial)`` of the posterior mean, ``decoder(mu(x))``;
+    - ``forward(x)`` in eval: label logits ``(B, C, *spatial)`` of the posterior mean, ``decoder(mu(x))`` (plus the
+      intensity log-likelihoods with ``intensity_posterior``);
     - ``distribution(x)``: ``{"latent_mean", "latent_log_var"}``, the latent grids brought to voxel resolution by
       nearest-neighbour upsampling (every voxel holds its grid cell's values, ``(B, L, *spatial)``), so that the
-      sliding-window inferer stitches them like logits;
+      sliding-window inferer stitches them like logits (and ``"image"`` with ``intensity_posterior``);
     - ``sample(maps, n, generator)``: average-pools the maps back onto the latent grid (cells of ``f^d`` voxels from
       the origin), draws ``z = mu + sigma * eps`` with ``eps`` drawn once per sample for the whole grid, and decodes
       every ``z`` with the frozen decoder: ``(B, n, C, *spatial)`` logits. ``mean_logits(maps)`` decodes the pooled
@@ -367,6 +384,9 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             others. The ordering of the initial means decides which label each intensity cluster starts as.
         intensity_log_var_bounds: ``(low, high)`` of the intensity log-variances ``log sigma_lc^2``.
         supervised: train with the supervised form of the ELBO (``forward(x, y)`` then needs the label map ``y``).
+        num_mc_samples: number of reparameterised draws of ``q(z | x)`` per training forward pass.
+        intensity_posterior: eval outputs are the segmentation posterior ``p(s | z, x)`` (prior times intensity
+            likelihood, see above) instead of the prior's ``p(s | z)``.
 
     Example::
 
@@ -395,6 +415,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         intensity_log_var_bounds: Sequence[float] = (-9.0, 2.0),
         supervised: bool = False,
         num_mc_samples: int = 1,
+        intensity_posterior: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(prior, AnatomicalPriorVAE):
@@ -424,6 +445,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         )
         self.intensity_log_var_bounds = _check_bounds(intensity_log_var_bounds, "intensity_log_var_bounds")
         self.supervised = bool(supervised)
+        self.intensity_posterior = bool(intensity_posterior)
         self.num_mc_samples = check_positive_int(num_mc_samples, "num_mc_samples")
         self.encoder = _LatentEncoder(
             spatial_dims,
@@ -492,6 +514,22 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         self._check_spatial(z, "z", self.latent_channels)
         return self.decoder(z)
 
+    def _with_intensity(self, logits: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """``log p(s | z) + log p(x | s)`` (the segmentation posterior's logits) with ``intensity_posterior``.
+
+        ``logits`` is ``(B, C, *spatial)`` or ``(B, N, C, *spatial)``; ``image`` ``(B, in_channels, *spatial)``.
+        """
+        if not self.intensity_posterior:
+            return logits
+        if image is None:
+            raise KeyError("maps must hold the 'image' (from distribution(x)) when intensity_posterior is set.")
+        self._check_spatial(image, "maps['image']", self.in_channels)
+        log_lik = label_log_likelihood(image, self.intensity_mean, self.intensity_log_var)
+        log_prior = F.log_softmax(logits.float(), dim=-self.spatial_dims - 1)
+        if logits.ndim == image.ndim + 1:
+            log_lik = log_lik.unsqueeze(1)
+        return (log_prior + log_lik).to(logits.dtype)
+
     def _decode_samples(self, z: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
         """``(B, N, L, *grid)`` latents to ``(B, N, C, *spatial)`` logits."""
         batch, num = z.shape[:2]
@@ -522,7 +560,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         spatial = tuple(x.shape[2:])
         mu, log_var = self.encode(x)
         if not self.training:
-            return self._crop(self.decode(mu), spatial)
+            return self._with_intensity(self._crop(self.decode(mu), spatial), x)
         if self.supervised and y is None:
             raise ValueError("the supervised AnatomicalPriorSegmentation needs the label map y in training: net(x, y).")
         z = self._draw(mu, log_var, self.num_mc_samples, generator)
@@ -546,10 +584,13 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         """
         spatial = tuple(x.shape[2:])
         mu, log_var = self.encode(x)
-        return {
+        maps = {
             "latent_mean": self._crop(self._upsample(mu), spatial),
             "latent_log_var": self._crop(self._upsample(log_var), spatial),
         }
+        if self.intensity_posterior:
+            maps["image"] = x
+        return maps
 
     def _upsample(self, grid: torch.Tensor) -> torch.Tensor:
         for axis in range(2, grid.ndim):
@@ -579,7 +620,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             maps: the output of :py:meth:`distribution`.
         """
         mean, _, spatial = self._grid(maps)
-        return self._crop(self.decode(mean), spatial)
+        return self._with_intensity(self._crop(self.decode(mean), spatial), maps.get("image"))
 
     def sample(
         self, maps: dict[str, torch.Tensor], num_samples: int, generator: int | torch.Generator | None = None
@@ -596,4 +637,5 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         """
         num_samples = check_positive_int(num_samples, "num_samples")
         mean, log_var, spatial = self._grid(maps)
-        return self._decode_samples(self._draw(mean, log_var, num_samples, generator), spatial)
+        logits = self._decode_samples(self._draw(mean, log_var, num_samples, generator), spatial)
+        return self._with_intensity(logits, maps.get("image"))

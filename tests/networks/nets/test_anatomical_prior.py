@@ -187,3 +187,26 @@ def test_validation():
         _net(in_channels=1).eval()(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="label values"):
         prior.encode(torch.full((1, 1, 8, 8), 5))
+
+
+def test_intensity_posterior_adds_the_likelihood_to_every_eval_output():
+    """p(s | z, x) ∝ p(s | z) p(x | s): forward, mean_logits and sample all carry log p(x | s)."""
+    from monai_probseg.losses import label_log_likelihood
+
+    net = _net(in_channels=1).eval()
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        prior_logits = net(x)
+        maps = net.distribution(x)
+        prior_samples = net.sample(maps, 3, 7)
+        net.intensity_posterior = True
+        log_lik = label_log_likelihood(x, net.intensity_mean, net.intensity_log_var)
+        post = net(x)
+        maps_post = net.distribution(x)
+        samples = net.sample(maps_post, 3, 7)
+    assert set(maps_post) == {"latent_mean", "latent_log_var", "image"}
+    torch.testing.assert_close(post, torch.log_softmax(prior_logits, 1) + log_lik)
+    torch.testing.assert_close(net.mean_logits(maps_post), post)
+    torch.testing.assert_close(samples, torch.log_softmax(prior_samples, 2) + log_lik[:, None])
+    with pytest.raises(KeyError, match="image"):
+        net.sample(maps, 1, 0)
