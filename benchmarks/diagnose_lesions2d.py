@@ -52,11 +52,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
-from bench_lesions2d import build, case_groups, draw, evaluate  # noqa: E402
+from bench_lesions2d import build, case_groups, draw, evaluate, mode_ious, normalise  # noqa: E402
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
-from monai_probseg.metrics import pairwise_iou  # noqa: E402
 
 # the diagnosis columns that summarize_lesions2d.py adds to each run's row
 DIAGNOSIS_COLUMNS = (
@@ -73,14 +72,9 @@ DIAGNOSIS_COLUMNS = (
 )
 
 
-def _mode_ious(samples: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
-    """IoU of each of ``(N, H, W)`` label maps with each of ``(M, H, W)`` modes: ``(N, M)``, 1 when both are empty."""
-    return pairwise_iou(samples[None], modes[None], num_classes=2)[0, ..., 0]
-
-
 @torch.no_grad()
 def diagnose(name, net, cases, num_samples, seed):
-    x = torch.from_numpy(np.stack([c["image"] for c in cases])).float()
+    x = normalise(np.stack([c["image"] for c in cases]))  # as bench_lesions2d.py
     annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
     samples = draw(name, net, x, num_samples, seed)  # the same samples as bench_lesions2d.py evaluates
     may_be_empty = case_groups(cases)["may_be_empty"]  # then the empty mode comes first
@@ -89,7 +83,7 @@ def diagnose(name, net, cases, num_samples, seed):
     snapped = torch.zeros_like(samples)
     for i, case in enumerate(cases):
         probs = np.array([p for _, p in case["modes"]])
-        scores = _mode_ious(samples[i], modes[i])  # (N, M)
+        scores = mode_ious(samples[i], modes[i])  # (N, M)
         nearest = scores.argmax(1)
         snapped[i] = modes[i][nearest]
         best_per_mode.append(samples[i][scores.argmax(0)])  # (M, H, W): each mode's closest sample
@@ -123,7 +117,7 @@ def diagnose(name, net, cases, num_samples, seed):
             res = net(x[i : i + 1].expand(len(modes[i]), -1, -1, -1), modes[i][:, None])  # posterior mean (eval)
             per_mode = res["logits"].argmax(1)
             ann = torch.from_numpy(case["annotator_modes"])
-            recon_iou.append(_mode_ious(per_mode, modes[i]).diagonal()[ann])
+            recon_iou.append(mode_ious(per_mode, modes[i]).diagonal()[ann])
             kl.append(
                 gaussian_kl_divergence(
                     res["posterior_mean"], res["posterior_log_sigma"], res["prior_mean"], res["prior_log_sigma"]
@@ -145,10 +139,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=["prob_unet", "ssn"])
     parser.add_argument("--weights", required=True, help="state_dict saved by bench_lesions2d.py --save-dir")
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 192])
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--latent-dim", type=int, default=6, help="PU-Net latent dimension the weights were made with")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--test-cases", type=int, default=64)
+    parser.add_argument("--test-cases", type=int, default=32)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
