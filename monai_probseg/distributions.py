@@ -36,6 +36,7 @@ __all__ = [
     "gaussian_kl_divergence",
     "gaussian_log_density",
     "low_rank_moments",
+    "low_rank_noise",
     "low_rank_sample",
     "variance_to_std",
 ]
@@ -155,6 +156,35 @@ def variance_to_std(variance: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, safe.sqrt(), torch.zeros_like(variance))
 
 
+def low_rank_noise(
+    mean: torch.Tensor,
+    rank: int,
+    num_draw: int,
+    generator: int | torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise of ``num_draw`` low-rank samples, in the order :py:func:`low_rank_sample` documents.
+
+    ``eps = randn(B, num_draw, R)`` (unless given), then ``eta = randn(B, num_draw, C, *spatial)``, both in float32
+    on the generator's device (the device of ``mean`` when ``generator`` is None), returned on the device and in
+    the dtype of ``mean`` (``(B, C, *spatial)``). Shared by the sampler and the Monte Carlo likelihood of
+    :py:class:`~monai_probseg.losses.LowRankMVNNLLLoss`, so that one seed gives the same draws in both.
+    """
+    batch, num_classes = mean.shape[:2]
+    gen = make_generator(generator, mean.device)
+    noise_device = gen.device if gen is not None else mean.device
+    if eps is None:
+        eps = torch.randn((batch, num_draw, rank), generator=gen, device=noise_device, dtype=torch.float32)
+    elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_draw, rank):
+        raise ValueError(
+            f"eps must be ({batch} or 1, {num_draw}, {rank}) (batch, drawn samples, rank), got {tuple(eps.shape)}."
+        )
+    eps = eps.to(device=mean.device, dtype=mean.dtype).expand(batch, num_draw, rank)
+    shape = (batch, num_draw, num_classes, *mean.shape[2:])
+    eta = torch.randn(shape, generator=gen, device=noise_device, dtype=torch.float32)
+    return eps, eta.to(device=mean.device, dtype=mean.dtype)
+
+
 def low_rank_sample(
     mean: torch.Tensor,
     cov_factor: torch.Tensor,
@@ -222,17 +252,7 @@ def low_rank_sample(
         raise ValueError(f"antithetic sampling needs an even num_samples, got {num_samples}.")
     num_draw = num_samples // 2 if antithetic else num_samples
 
-    gen = make_generator(generator, mean.device)
-    noise_device = gen.device if gen is not None else mean.device
-    if eps is None:
-        eps = torch.randn((batch, num_draw, rank), generator=gen, device=noise_device, dtype=torch.float32)
-    elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_draw, rank):
-        raise ValueError(
-            f"eps must be ({batch} or 1, {num_draw}, {rank}) (batch, drawn samples, rank), got {tuple(eps.shape)}."
-        )
-    eps = eps.to(device=mean.device, dtype=mean.dtype).expand(batch, num_draw, rank)
-    eta = torch.randn((batch, num_draw, num_classes, *spatial), generator=gen, device=noise_device, dtype=torch.float32)
-    eta = eta.to(device=mean.device, dtype=mean.dtype)
+    eps, eta = low_rank_noise(mean, rank, num_draw, generator, eps)
 
     factor = cov_factor.reshape(batch, num_classes, rank, *spatial)
     low_rank = torch.einsum("bcr...,bnr->bnc...", factor, eps)  # (B, n, C, *spatial), P @ eps per voxel

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from monai_probseg.distributions import low_rank_sample
+from monai_probseg.distributions import low_rank_noise, low_rank_sample, variance_to_std
 from monai_probseg.utils import check_positive_int, make_generator
 
 __all__ = ["LowRankMVNNLLLoss"]
@@ -55,7 +55,11 @@ class LowRankMVNNLLLoss(_Loss):
     would overflow. Float16 or bfloat16 parameter maps give the float32 result of the same values, and the
     gradients flow back to them in their own dtype.
 
-    Memory: about four tensors of ``B * M * C * V`` values are kept for the backward pass.
+    Speed and memory (softmax, ``C >= 2``): the per-sample log-likelihoods and their gradients are computed by one
+    fused autograd function, voxel chunk by voxel chunk (chunks that stay in cache), recomputing the sample logits
+    in the backward pass instead of storing them: only the noise (``B * M / 2 * C * V`` values with antithetic
+    pairs) is kept for the backward pass. The draws and the value are those of :py:func:`low_rank_sample`
+    followed by a log-softmax (same seed, same loss).
 
     Args:
         num_mc_samples: number of Monte Carlo samples ``M`` (20 in the paper).
@@ -187,17 +191,18 @@ class LowRankMVNNLLLoss(_Loss):
             )
 
         with torch.autocast(device_type=mean.device.type, enabled=False):  # keep float32 under AMP
-            samples = low_rank_sample(
-                mean,
-                cov_factor,
-                cov_diag,
-                self.num_mc_samples,
-                generator=self._get_generator(mean.device),
-                antithetic=self.antithetic,
-            )  # (B, M, C, *spatial)
-            log_prob = _log_prob(samples, labels.unsqueeze(1))  # (B, M, *spatial)
-            log_prob = torch.where(valid.unsqueeze(1), log_prob, torch.zeros_like(log_prob))
-            log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
+            generator = self._get_generator(mean.device)
+            if num_classes >= 2:
+                log_lik = _monte_carlo_log_likelihood(
+                    mean, cov_factor, cov_diag, labels, valid, self.num_mc_samples, self.antithetic, generator
+                )  # (B, M)
+            else:  # sigmoid: the plain autograd form
+                samples = low_rank_sample(
+                    mean, cov_factor, cov_diag, self.num_mc_samples, generator=generator, antithetic=self.antithetic
+                )  # (B, M, 1, *spatial)
+                log_prob = _log_prob(samples, labels.unsqueeze(1))  # (B, M, *spatial)
+                log_prob = torch.where(valid.unsqueeze(1), log_prob, torch.zeros_like(log_prob))
+                log_lik = log_prob.flatten(2).sum(-1)  # (B, M)
             nll = -(torch.logsumexp(log_lik, dim=1) - math.log(self.num_mc_samples))  # (B,)
             per_image = nll
             mean_ce = None  # cross-entropy of the mean logits summed over the counted voxels, (B,)
@@ -239,3 +244,120 @@ def _log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.logsigmoid(logits[:, :, 0] * sign)
     index = labels.unsqueeze(2).expand(-1, logits.shape[1], 1, *labels.shape[2:])
     return logits.gather(2, index).squeeze(2) - torch.logsumexp(logits, dim=2)
+
+
+# elements (classes x samples x voxels) of one chunk of the fused likelihood: small enough to stay in cache on CPU
+_LIKELIHOOD_CHUNK_ELEMENTS = {"cpu": 2**17, "cuda": 2**25}
+
+
+def _monte_carlo_log_likelihood(
+    mean: torch.Tensor,
+    cov_factor: torch.Tensor,
+    cov_diag: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    num_samples: int,
+    antithetic: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``(B, M)`` sums over the valid voxels of ``log softmax(sample_m)_y``, samples as :py:func:`low_rank_sample`."""
+    batch, num_classes = mean.shape[:2]
+    rank = cov_factor.shape[1] // num_classes
+    num_draw = num_samples // 2 if antithetic else num_samples
+    eps, eta = low_rank_noise(mean, rank, num_draw, generator)
+    std = variance_to_std(cov_diag)
+    return _LowRankLogLikelihood.apply(
+        mean.flatten(2),
+        cov_factor.reshape(batch, num_classes, rank, -1),
+        std.flatten(2),
+        eps.contiguous(),
+        eta.flatten(3),
+        labels.flatten(1),
+        valid.flatten(1).to(mean.dtype),
+        antithetic,
+    )
+
+
+def _chunk_size(num_classes: int, num_draw: int, device: torch.device) -> int:
+    """Voxels per chunk of the fused likelihood."""
+    elements = _LIKELIHOOD_CHUNK_ELEMENTS.get(device.type, _LIKELIHOOD_CHUNK_ELEMENTS["cuda"])
+    return max(1, elements // (num_classes * num_draw))
+
+
+class _LowRankLogLikelihood(torch.autograd.Function):
+    """Per-sample log-likelihoods of the labels under low-rank logit samples, fused and chunked over voxels.
+
+    Inputs: ``mean`` ``(B, C, V)``, ``factor`` ``(B, C, R, V)``, ``std`` ``(B, C, V)``, the noise ``eps``
+    ``(B, n, R)`` and ``eta`` ``(B, n, C, V)``, ``labels`` ``(B, V)`` and ``weight`` ``(B, V)`` (1 for a counted
+    voxel, 0 otherwise). With ``z_m = P @ eps_m + std * eta_m`` the samples are ``mean + z_m`` (and ``mean - z_m``
+    after them when ``antithetic``), and the output ``(B, M)`` is ``sum_v weight_v log softmax(sample_m, v)_{y_v}``.
+    The gradient of that sum with respect to the logits of a sample is ``weight (onehot(y) - softmax)``; the
+    backward pass recomputes the logits chunk by chunk and maps that gradient to the mean, the factor (``eps``
+    products) and ``std`` (times ``eta``). No gradient for the noise, labels or weights.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, factor, std, eps, eta, labels, weight, antithetic):  # type: ignore[override]
+        batch, num_classes, num_voxels = mean.shape
+        num_draw = eps.shape[1]
+        signs = (1.0, -1.0) if antithetic else (1.0,)
+        step = _chunk_size(num_classes, num_draw, mean.device)
+        out = torch.zeros((batch, num_draw * len(signs)), dtype=mean.dtype, device=mean.device)
+        for b in range(batch):
+            for start in range(0, num_voxels, step):
+                stop = min(num_voxels, start + step)
+                z = _centred(factor, std, eps, eta, b, start, stop)  # (C, n, v)
+                index = labels[b, start:stop].expand(1, num_draw, -1)
+                w = weight[b, start:stop]
+                m = mean[b, :, None, start:stop]
+                for k, sign in enumerate(signs):
+                    logits = m + z if sign > 0 else m - z
+                    top = logits.amax(dim=0)  # logits are finite: a plain log-sum-exp, no checks for infinities
+                    log_norm = (logits - top).exp_().sum(dim=0).log_().add_(top)
+                    log_p = logits.gather(0, index)[0].sub_(log_norm)  # (n, v)
+                    out[b, k * num_draw : (k + 1) * num_draw] += log_p.mul_(w).sum(dim=1)
+        ctx.antithetic = antithetic
+        ctx.save_for_backward(mean, factor, std, eps, eta, labels, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        mean, factor, std, eps, eta, labels, weight = ctx.saved_tensors
+        batch, num_classes, num_voxels = mean.shape
+        num_draw = eps.shape[1]
+        signs = (1.0, -1.0) if ctx.antithetic else (1.0,)
+        step = _chunk_size(num_classes, num_draw, mean.device)
+        need_mean, need_factor, need_std = ctx.needs_input_grad[:3]
+        grad_mean = torch.zeros_like(mean) if need_mean else None
+        grad_factor = torch.zeros_like(factor) if need_factor else None
+        grad_std = torch.zeros_like(std) if need_std else None
+        grad_out = grad_out.to(mean.dtype)
+        for b in range(batch):
+            eps_t = eps[b].transpose(0, 1)  # (R, n)
+            for start in range(0, num_voxels, step):
+                stop = min(num_voxels, start + step)
+                z = _centred(factor, std, eps, eta, b, start, stop)  # (C, n, v)
+                index = labels[b, start:stop].expand(1, num_draw, -1)
+                w = weight[b, start:stop]
+                m = mean[b, :, None, start:stop]
+                ones = torch.ones(index.shape, dtype=mean.dtype, device=mean.device)
+                grad_z = None
+                for k, sign in enumerate(signs):
+                    logits = m + z if sign > 0 else m - z
+                    g = torch.softmax(logits, dim=0).neg_()
+                    g.scatter_add_(0, index, ones)  # onehot(y) - softmax
+                    g.mul_(grad_out[b, k * num_draw : (k + 1) * num_draw, None] * w)  # (C, n, v) * (n, v)
+                    if grad_mean is not None:
+                        grad_mean[b, :, start:stop] += g.sum(dim=1)
+                    grad_z = g if grad_z is None else grad_z.add_(g, alpha=sign)
+                if grad_std is not None:
+                    grad_std[b, :, start:stop] = (grad_z * eta[b, :, :, start:stop].transpose(0, 1)).sum(dim=1)
+                if grad_factor is not None:
+                    grad_factor[b, :, :, start:stop] = torch.matmul(eps_t, grad_z)  # (C, R, v)
+        return grad_mean, grad_factor, grad_std, None, None, None, None, None
+
+
+def _centred(factor, std, eps, eta, b: int, start: int, stop: int) -> torch.Tensor:
+    """``z = P @ eps + std * eta`` of batch item ``b`` on voxels ``start:stop``, as ``(C, n, v)``."""
+    z = torch.matmul(eps[b], factor[b, :, :, start:stop])  # (n, R) @ (C, R, v) -> (C, n, v)
+    return z.addcmul_(eta[b, :, :, start:stop].transpose(0, 1), std[b, :, None, start:stop])

@@ -276,5 +276,53 @@ class TestLowRankMVNNLLLoss(unittest.TestCase):
         self.assertTrue(torch.isfinite(diag.grad).all())
 
 
+class TestFusedLikelihood(unittest.TestCase):
+    """The fused, chunked Monte Carlo likelihood equals the plain autograd form, value and gradients."""
+
+    @parameterized.expand([[True, 1], [False, 3], [True, 10**6]])
+    def test_value_and_gradients_match_autograd(self, antithetic, chunk):
+        from monai_probseg.losses import mvn_nll
+
+        mean, factor, diag = (t.double() for t in _params(num_classes=3, rank=2, spatial=(4, 5), batch=2, seed=4))
+        target = torch.randint(0, 3, (2, 1, 4, 5), generator=torch.Generator().manual_seed(2))
+        mask = torch.rand(2, 1, 4, 5, generator=torch.Generator().manual_seed(3)) > 0.3
+        results = []
+        for fused in (True, False):
+            leaves = [t.clone().requires_grad_(True) for t in (mean, factor, diag)]
+            if fused:
+                old = dict(mvn_nll._LIKELIHOOD_CHUNK_ELEMENTS)
+                mvn_nll._LIKELIHOOD_CHUNK_ELEMENTS["cpu"] = chunk * 3 * (2 if antithetic else 4)
+                try:
+                    loss = LowRankMVNNLLLoss(4, antithetic=antithetic, generator=7, mean_ce_weight=0.3)(
+                        leaves[0], target, cov_factor=leaves[1], cov_diag=leaves[2], mask=mask
+                    )
+                finally:
+                    mvn_nll._LIKELIHOOD_CHUNK_ELEMENTS.update(old)
+            else:  # the same draws through low_rank_sample and autograd
+                samples = low_rank_sample(*leaves, 4, generator=7, antithetic=antithetic)
+                log_p = torch.log_softmax(samples, 2).gather(2, target.unsqueeze(1).expand(-1, 4, 1, -1, -1))[:, :, 0]
+                log_lik = (log_p * mask).flatten(2).sum(-1)
+                ce = -(torch.log_softmax(leaves[0], 1).gather(1, target)[:, 0] * mask[:, 0]).flatten(1).sum(-1)
+                loss = (-(torch.logsumexp(log_lik, 1) - math.log(4)) + 0.3 * ce).mean()
+            loss.backward()
+            results.append((loss.detach(), *(t.grad for t in leaves)))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+    def test_gradcheck(self):
+        from monai_probseg.losses.mvn_nll import _LowRankLogLikelihood
+
+        g = torch.Generator().manual_seed(0)
+        mean = torch.randn(1, 3, 6, dtype=torch.double, generator=g, requires_grad=True)
+        factor = torch.randn(1, 3, 2, 6, dtype=torch.double, generator=g, requires_grad=True)
+        std = (torch.rand(1, 3, 6, dtype=torch.double, generator=g) + 0.1).requires_grad_(True)
+        eps = torch.randn(1, 2, 2, dtype=torch.double, generator=g)
+        eta = torch.randn(1, 2, 3, 6, dtype=torch.double, generator=g)
+        labels = torch.randint(0, 3, (1, 6), generator=g)
+        weight = torch.ones(1, 6, dtype=torch.double)
+        fn = lambda m, f, s: _LowRankLogLikelihood.apply(m, f, s, eps, eta, labels, weight, True)  # noqa: E731
+        self.assertTrue(torch.autograd.gradcheck(fn, (mean, factor, std)))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -120,20 +120,30 @@ class LowRankHead(nn.Module):
         if not torch.jit.is_scripting():
             self._check_features(features)
         h = self.act(features)
-        mean = self.mean(h)
-        log_diag = self.log_cov_diag(h)
+        # the three 1x1 heads as one convolution (one pass over the features, forward and backward)
+        weights = [self.mean.weight, self.log_cov_diag.weight]
+        biases = [_bias(self.mean.bias, self.out_channels, h), _bias(self.log_cov_diag.bias, self.out_channels, h)]
         if self.cov_factor is not None:
-            factor = self.cov_factor(h)
+            weights.append(self.cov_factor.weight)
+            biases.append(_bias(self.cov_factor.bias, self.out_channels * self.rank, h))
+        out = self.mean._conv_forward(h, torch.cat(weights), torch.cat(biases))
+        c = self.out_channels
+        mean, log_diag = out[:, :c], out[:, c : 2 * c]
+        if self.cov_factor is not None:
+            factor = out[:, 2 * c :]
         else:
             shape = list(mean.shape)
             shape[1] = self.out_channels * self.rank
             factor = mean.new_zeros(shape)
         cov_diag = torch.exp(log_diag.clamp(self.log_diag_range[0], self.log_diag_range[1])) + self.epsilon
 
-        # safe fallback for batch items whose outputs are not finite
+        # safe fallback for batch items whose outputs are not finite: a non-finite value makes the item's sum
+        # non-finite, so one reduction finds the suspects, and only they get the exact element-wise check
         batch = mean.shape[0]
-        ok = torch.isfinite(mean).reshape(batch, -1).all(1) & torch.isfinite(log_diag).reshape(batch, -1).all(1)
-        ok = ok & torch.isfinite(factor).reshape(batch, -1).all(1)
+        with torch.no_grad():
+            ok = torch.isfinite(out.reshape(batch, -1).sum(1, dtype=torch.float32))
+            if not bool(ok.all()):
+                ok = torch.isfinite(out).reshape(batch, -1).all(1)
         if not bool(ok.all()):
             if not torch.jit.is_scripting():
                 self._record_fallback(int((~ok).sum()), batch)
@@ -183,3 +193,10 @@ class LowRankHead(nn.Module):
             )
         if roi.shape[0] not in (1, batch):
             raise ValueError(f"roi_mask has batch size {roi.shape[0]}, expected {batch} (or 1).")
+
+
+def _bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """A convolution's bias, zeros when it has none (TorchScript-friendly)."""
+    if bias is None:
+        return torch.zeros(channels, dtype=like.dtype, device=like.device)
+    return bias
