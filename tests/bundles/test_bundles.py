@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 
 from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
+from monai_probseg.data.synthetic import write_anatomy_phantoms
 from monai_probseg.metrics import QUALITY_REPORT_KEYS
 
 from .utils import BUNDLES_DIR, SCHEMA, check_outputs, config
@@ -29,6 +30,9 @@ def _small_data(bundle: str, root) -> tuple[str, dict]:
     if bundle.startswith("lesions2d"):
         path = write_ambiguous_lesions_2d(root, 2, (32, 32), 2, seed=3, split=(0.5, 0.5, 0.0))
         return path, {"roi_size": [32, 32]}
+    if bundle == "brain_anatomical_prior":  # 1 mm T1 phantoms, resampled to 2 mm: 16^3 voxels for the network
+        path = write_anatomy_phantoms(root, 2, (32, 32, 32), ("t1",), seed=3, split=(0.5, 0.5, 0.0), family=2)
+        return path, {"pixdim": [2.0, 2.0, 2.0], "roi_size": [16, 16, 16], "train_size": [16, 16, 16]}
     path = write_brats_phantoms(root, 2, (32, 32, 32), 2, seed=3, split=(0.5, 0.5, 0.0))
     return path, {"roi_size": [32, 32, 32]}
 
@@ -89,7 +93,8 @@ def test_inference_small_phantoms(bundle, tmp_path):
         summary = json.load(f)
     assert len(summary["cases"]) == 2 and summary["failed"] == {}
     num_classes = ConfigParser.load_config_file(config(bundle, "inference.json"))["num_classes"]
-    regions = ("lesion",) if bundle.startswith("lesions2d") else ("TC", "WT", "ET")
+    regions = {"brain_anatomical_prior": ("CSF", "GM", "WM")}.get(bundle, ("TC", "WT", "ET"))
+    regions = ("lesion",) if bundle.startswith("lesions2d") else regions
     for case in summary["cases"]:
         check_outputs(out, case["case_id"], case["inputs"]["image"][0], num_samples=4, num_classes=num_classes)
         with open(out / f"{case['case_id']}_quality.json") as f:  # DeVries & Taylor stage 2, next to the maps

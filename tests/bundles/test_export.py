@@ -23,6 +23,7 @@ EXPORTS = {
     "brats_prob_unet": ((1, 4, 16, 16, 16), False),
     "lesions2d_prob_unet": ((1, 1, 32, 32), False),
     "brats_diffusion": ((1, 4, 16, 16, 16), True),
+    "brain_anatomical_prior": ((1, 1, 16, 16, 16), True),
 }
 
 
@@ -53,6 +54,6 @@ def test_ckpt_export_gives_the_logits_of_the_python_module(bundle, tmp_path):
     with torch.no_grad():
         expected = net(x)
         got, again = exported(x), exported(x)
-    assert got.shape == expected.shape == (shape[0], 4 if bundle.startswith("brats") else 2, *shape[2:])
+    assert got.shape == expected.shape == (shape[0], parser["num_classes"], *shape[2:])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, got, atol=0, rtol=0)  # deterministic (the trace holds its initial noise)

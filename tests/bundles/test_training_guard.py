@@ -13,15 +13,19 @@ from monai.bundle import ConfigParser, run
 
 from monai_probseg.bundle import check_checkpoint_dir
 from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
+from monai_probseg.data.synthetic import write_anatomy_phantoms
 
 from .utils import BUNDLES_DIR, config, folder_hash
 
-BUNDLES = ("brats_ssn", "brats_prob_unet", "brats_diffusion", "lesions2d_prob_unet")
+BUNDLES = ("brats_ssn", "brats_prob_unet", "brats_diffusion", "lesions2d_prob_unet", "brain_anatomical_prior")
 
 
 def _small(bundle: str, root) -> tuple[str, dict]:
     if bundle.startswith("lesions2d"):
         return write_ambiguous_lesions_2d(root, 2, (32, 32), 2, seed=3, split=(0.5, 0.5, 0.0)), {"roi_size": [32, 32]}
+    if bundle == "brain_anatomical_prior":
+        path = write_anatomy_phantoms(root, 2, (32, 32, 32), ("t1",), seed=3, split=(0.5, 0.5, 0.0), family=1)
+        return path, {"pixdim": [2.0, 2.0, 2.0], "train_size": [16, 16, 16]}
     path = write_brats_phantoms(root, 2, (32, 32, 32), 2, seed=3, split=(0.5, 0.5, 0.0))
     return path, {"roi_size": [32, 32, 32], "val_num_samples": 2}
 
