@@ -4,5 +4,5 @@
 from __future__ import annotations
 
 from .annotators import RandAnnotator, RandAnnotatord, StackAnnotators, StackAnnotatorsd
-from .intensity import ScaleBrainIntensity, ScaleBrainIntensityd
+from .intensity import ScaleBrainIntensity, ScaleBrainIntensityd, fill_background
 from .uncertainty import UncertaintyMapsD, UncertaintyMapsd, UncertaintyMapsDict

@@ -19,7 +19,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-__all__ = ["ScaleBrainIntensity", "ScaleBrainIntensityd"]
+__all__ = ["ScaleBrainIntensity", "ScaleBrainIntensityd", "fill_background"]
 
 
 class ScaleBrainIntensity(Transform):
@@ -114,3 +114,17 @@ class ScaleBrainIntensityd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.scaler(d[key])
         return d
+
+
+def fill_background(prob: torch.Tensor) -> torch.Tensor:
+    """Give the probability mass a class map lacks to the background channel 0: ``p_0 += max(0, 1 - sum_c p_c)``.
+
+    After a crop to the brain is inverted (MONAI's ``Invertd`` pads with zeros), every class probability outside the
+    cropped box is 0; there the voxel is air for sure, and this makes its background probability 1. Inside the box
+    (probabilities summing to 1) nothing changes.
+
+    Args:
+        prob: class probabilities ``(C, *spatial)``, channel 0 the background.
+    """
+    missing = (1.0 - prob.sum(0, keepdim=True)).clamp_min(0.0)
+    return torch.cat([prob[:1] + missing, prob[1:]], 0)

@@ -30,10 +30,13 @@ def _t1_file(path, affine, size=(32, 36, 30), seed=4, scale=873.0) -> str:
 
 
 def test_inference_writes_tissue_labels_in_the_input_space(tmp_path):
-    """An LPS-stored scan with anisotropic voxels and scanner-scale intensities: outputs on its grid, labels 0-3."""
-    affine = np.diag([-1.2, -1.1, 1.5, 1.0])
-    affine[:3, 3] = [20.0, 15.0, -30.0]
-    image = _t1_file(str(tmp_path / "case1_t1.nii.gz"), affine)
+    """An LPS-stored scan with anisotropic voxels and scanner-scale intensities: outputs on its grid, labels 0-3.
+
+    A 96x112x80 phantom stored with 1.5 x 1.4 x 1.6 mm voxels: a brain of adult size at the bundle's own 3 mm grid.
+    """
+    affine = np.diag([-1.5, -1.4, 1.6, 1.0])
+    affine[:3, 3] = [70.0, 75.0, -60.0]
+    image = _t1_file(str(tmp_path / "case1_t1.nii.gz"), affine, size=(96, 112, 80))
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"test": [{"image": [image], "case_id": "case1"}]}))
     out = tmp_path / "out"
@@ -44,7 +47,6 @@ def test_inference_writes_tissue_labels_in_the_input_space(tmp_path):
         output_dir=str(out),
         num_samples=3,
         progress=False,
-        **{k: v for k, v in SMALL.items() if k != "train_size"},
     )
     ref = nib.load(image)
     for key, extra in (("seg", ()), ("prob", (4,)), ("samples", (3,)), ("entropy", ())):

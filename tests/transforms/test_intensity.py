@@ -39,3 +39,13 @@ def test_errors_name_the_file():
         ScaleBrainIntensity()(torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match="percentile"):
         ScaleBrainIntensity(percentile=0)
+
+
+def test_fill_background_completes_the_probabilities_outside_a_crop():
+    from monai_probseg.transforms import fill_background
+
+    prob = torch.zeros(4, 3, 3)
+    prob[:, 1, 1] = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    out = fill_background(prob)
+    torch.testing.assert_close(out.sum(0), torch.ones(3, 3))
+    torch.testing.assert_close(out[:, 1, 1], prob[:, 1, 1])
