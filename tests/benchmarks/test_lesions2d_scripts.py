@@ -113,3 +113,29 @@ def test_diagnosis_of_exact_modes(scripts):
         counts = [len([j for j in range(20) if j % len(probs) == k]) / 20 for k in range(len(probs))]
         tv.append(0.5 * sum(abs(c - p) for c, p in zip(counts, probs)))
     assert out["mode_frequency_error"] == pytest.approx(sum(tv) / len(tv))
+
+
+def test_leaderboard_every_method(scripts):
+    """Every method of the leaderboard trains, samples and gets every column; TTA reuses the trained U-Net."""
+    bench, _, _ = scripts
+    common = ["--iterations", "5", "--batch-size", "2", "--size", "32", "--train-cases", "4", "--test-cases", "4"]
+    common += ["--samples", "8", "--channels", "4", "8", "--diffusion-channels", "8", "8", "--threads", "1"]
+    out = bench.main(["--name", "board", *common])
+    rows = {r["model"]: r for r in out["rows"]}
+    assert list(rows) == ["oracle", *bench.MODELS]
+    for name in bench.MODELS:
+        row = rows[name]
+        for key in ("ged_over_oracle", "hm_iou_over_oracle", "diversity_over_oracle", "ece", "train_step_over_unet"):
+            assert row[key] == row[key] and row[key] >= 0.0, (name, key)  # not NaN
+        assert row["ged_over_oracle"] == pytest.approx(row["ged"] / rows["oracle"]["ged"])
+    assert rows["unet"]["diversity_samples"] == 0.0 and rows["unet"]["train_step_over_unet"] == 1.0
+    assert rows["flip_tta"]["iterations"] == rows["unet"]["iterations"]  # no training of its own
+    assert rows["ensemble"]["iterations"] == 5  # 5 members share the 5 iterations
+    assert all(rows[name]["samples_over_forward"] > 0 for name in bench.MODELS if name != "unet")
+
+
+def test_repeated_passes_are_tiled(scripts):
+    import torch
+
+    passes = torch.arange(3).reshape(1, 3, 1)  # the ensemble's / TTA's fixed passes: sample n is pass n mod 3
+    assert scripts[0]._tile(passes, 7)[0, :, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
