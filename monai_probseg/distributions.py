@@ -170,19 +170,27 @@ def low_rank_noise(
     the dtype of ``mean`` (``(B, C, *spatial)``). Shared by the sampler and the Monte Carlo likelihood of
     :py:class:`~monai_probseg.losses.LowRankMVNNLLLoss`, so that one seed gives the same draws in both.
     """
-    batch, num_classes = mean.shape[:2]
     gen = make_generator(generator, mean.device)
-    noise_device = gen.device if gen is not None else mean.device
+    eps = _global_noise(mean, rank, num_draw, gen, eps).to(mean.dtype)
+    shape = (mean.shape[0], num_draw, mean.shape[1], *mean.shape[2:])
+    eta = torch.randn(shape, generator=gen, device=gen.device if gen is not None else mean.device, dtype=torch.float32)
+    return eps, eta.to(device=mean.device, dtype=mean.dtype)
+
+
+def _global_noise(
+    mean: torch.Tensor, rank: int, num_draw: int, gen: torch.Generator | None, eps: torch.Tensor | None
+) -> torch.Tensor:
+    """The low-rank noise ``(B, num_draw, R)`` float32 on ``mean``'s device: drawn first from ``gen``, or ``eps``
+    checked and expanded."""
+    batch = mean.shape[0]
     if eps is None:
+        noise_device = gen.device if gen is not None else mean.device
         eps = torch.randn((batch, num_draw, rank), generator=gen, device=noise_device, dtype=torch.float32)
     elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_draw, rank):
         raise ValueError(
             f"eps must be ({batch} or 1, {num_draw}, {rank}) (batch, drawn samples, rank), got {tuple(eps.shape)}."
         )
-    eps = eps.to(device=mean.device, dtype=mean.dtype).expand(batch, num_draw, rank)
-    shape = (batch, num_draw, num_classes, *mean.shape[2:])
-    eta = torch.randn(shape, generator=gen, device=noise_device, dtype=torch.float32)
-    return eps, eta.to(device=mean.device, dtype=mean.dtype)
+    return eps.to(device=mean.device, dtype=torch.float32).expand(batch, num_draw, rank)
 
 
 def low_rank_sample(
@@ -335,13 +343,7 @@ def low_rank_moments(
     rank = cov_factor.shape[1] // num_classes
     gen = make_generator(generator, mean.device)
     noise_device = gen.device if gen is not None else mean.device
-    if eps is None:
-        eps = torch.randn((batch, num_samples, rank), generator=gen, device=noise_device, dtype=torch.float32)
-    elif eps.ndim != 3 or eps.shape[0] not in (1, batch) or tuple(eps.shape[1:]) != (num_samples, rank):
-        raise ValueError(
-            f"eps must be ({batch} or 1, {num_samples}, {rank}) (batch, samples, rank), got {tuple(eps.shape)}."
-        )
-    eps = eps.to(device=mean.device, dtype=torch.float32).expand(batch, num_samples, rank)
+    eps = _global_noise(mean, rank, num_samples, gen, eps)
     if chunk_elements is None:
         chunk_elements = _FUSED_CHUNK_ELEMENTS.get(mean.device.type, _FUSED_CHUNK_ELEMENTS["cuda"])
     num_voxels = math.prod(spatial)

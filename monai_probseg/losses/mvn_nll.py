@@ -298,24 +298,18 @@ class _LowRankLogLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mean, factor, std, eps, eta, labels, weight, antithetic):  # type: ignore[override]
-        batch, num_classes, num_voxels = mean.shape
+        batch, num_classes = mean.shape[:2]
         num_draw = eps.shape[1]
         signs = (1.0, -1.0) if antithetic else (1.0,)
         step = _chunk_size(num_classes, num_draw, mean.device)
         out = torch.zeros((batch, num_draw * len(signs)), dtype=mean.dtype, device=mean.device)
-        for b in range(batch):
-            for start in range(0, num_voxels, step):
-                stop = min(num_voxels, start + step)
-                z = _centred(factor, std, eps, eta, b, start, stop)  # (C, n, v)
-                index = labels[b, start:stop].expand(1, num_draw, -1)
-                w = weight[b, start:stop]
-                m = mean[b, :, None, start:stop]
-                for k, sign in enumerate(signs):
-                    logits = m + z if sign > 0 else m - z
-                    top = logits.amax(dim=0)  # logits are finite: a plain log-sum-exp, no checks for infinities
-                    log_norm = (logits - top).exp_().sum(dim=0).log_().add_(top)
-                    log_p = logits.gather(0, index)[0].sub_(log_norm)  # (n, v)
-                    out[b, k * num_draw : (k + 1) * num_draw] += log_p.mul_(w).sum(dim=1)
+        for b, _, _, z, index, w, m in _voxel_chunks(mean, factor, std, eps, eta, labels, weight, step):
+            for k, sign in enumerate(signs):
+                logits = m + z if sign > 0 else m - z
+                top = logits.amax(dim=0)  # logits are finite: a plain log-sum-exp, no checks for infinities
+                log_norm = (logits - top).exp_().sum(dim=0).log_().add_(top)
+                log_p = logits.gather(0, index)[0].sub_(log_norm)  # (n, v)
+                out[b, k * num_draw : (k + 1) * num_draw] += log_p.mul_(w).sum(dim=1)
         ctx.antithetic = antithetic
         ctx.save_for_backward(mean, factor, std, eps, eta, labels, weight)
         return out
@@ -323,7 +317,7 @@ class _LowRankLogLikelihood(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         mean, factor, std, eps, eta, labels, weight = ctx.saved_tensors
-        batch, num_classes, num_voxels = mean.shape
+        num_classes = mean.shape[1]
         num_draw = eps.shape[1]
         signs = (1.0, -1.0) if ctx.antithetic else (1.0,)
         step = _chunk_size(num_classes, num_draw, mean.device)
@@ -332,29 +326,35 @@ class _LowRankLogLikelihood(torch.autograd.Function):
         grad_factor = torch.zeros_like(factor) if need_factor else None
         grad_std = torch.zeros_like(std) if need_std else None
         grad_out = grad_out.to(mean.dtype)
-        for b in range(batch):
+        for b, start, stop, z, index, w, m in _voxel_chunks(mean, factor, std, eps, eta, labels, weight, step):
             eps_t = eps[b].transpose(0, 1)  # (R, n)
-            for start in range(0, num_voxels, step):
-                stop = min(num_voxels, start + step)
-                z = _centred(factor, std, eps, eta, b, start, stop)  # (C, n, v)
-                index = labels[b, start:stop].expand(1, num_draw, -1)
-                w = weight[b, start:stop]
-                m = mean[b, :, None, start:stop]
-                ones = torch.ones(index.shape, dtype=mean.dtype, device=mean.device)
-                grad_z = None
-                for k, sign in enumerate(signs):
-                    logits = m + z if sign > 0 else m - z
-                    g = torch.softmax(logits, dim=0).neg_()
-                    g.scatter_add_(0, index, ones)  # onehot(y) - softmax
-                    g.mul_(grad_out[b, k * num_draw : (k + 1) * num_draw, None] * w)  # (C, n, v) * (n, v)
-                    if grad_mean is not None:
-                        grad_mean[b, :, start:stop] += g.sum(dim=1)
-                    grad_z = g if grad_z is None else grad_z.add_(g, alpha=sign)
-                if grad_std is not None:
-                    grad_std[b, :, start:stop] = (grad_z * eta[b, :, :, start:stop].transpose(0, 1)).sum(dim=1)
-                if grad_factor is not None:
-                    grad_factor[b, :, :, start:stop] = torch.matmul(eps_t, grad_z)  # (C, R, v)
+            ones = torch.ones(index.shape, dtype=mean.dtype, device=mean.device)
+            grad_z = None
+            for k, sign in enumerate(signs):
+                logits = m + z if sign > 0 else m - z
+                g = torch.softmax(logits, dim=0).neg_()
+                g.scatter_add_(0, index, ones)  # onehot(y) - softmax
+                g.mul_(grad_out[b, k * num_draw : (k + 1) * num_draw, None] * w)  # (C, n, v) * (n, v)
+                if grad_mean is not None:
+                    grad_mean[b, :, start:stop] += g.sum(dim=1)
+                grad_z = g if grad_z is None else grad_z.add_(g, alpha=sign)
+            if grad_std is not None:
+                grad_std[b, :, start:stop] = (grad_z * eta[b, :, :, start:stop].transpose(0, 1)).sum(dim=1)
+            if grad_factor is not None:
+                grad_factor[b, :, :, start:stop] = torch.matmul(eps_t, grad_z)  # (C, R, v)
         return grad_mean, grad_factor, grad_std, None, None, None, None, None
+
+
+def _voxel_chunks(mean, factor, std, eps, eta, labels, weight, step: int):
+    """Per batch item and chunk of ``step`` voxels: ``(b, start, stop, z, label index, weight, mean)``, with the
+    centred samples ``z`` ``(C, n, v)``, the labels as a gather index ``(1, n, v)`` and the mean ``(C, 1, v)``."""
+    num_draw, num_voxels = eps.shape[1], mean.shape[2]
+    for b in range(mean.shape[0]):
+        for start in range(0, num_voxels, step):
+            stop = min(num_voxels, start + step)
+            z = _centred(factor, std, eps, eta, b, start, stop)
+            index = labels[b, start:stop].expand(1, num_draw, -1)
+            yield b, start, stop, z, index, weight[b, start:stop], mean[b, :, None, start:stop]
 
 
 def _centred(factor, std, eps, eta, b: int, start: int, stop: int) -> torch.Tensor:
