@@ -16,7 +16,7 @@ from monai.bundle import run
 
 from monai_probseg.data.synthetic import anatomy_phantom, write_anatomy_phantoms
 
-from .utils import BUNDLES_DIR, config
+from .utils import BUNDLES_DIR, config, root_cause
 
 BUNDLE = "brain_anatomical_prior"
 SMALL = {"pixdim": [2.0, 2.0, 2.0], "roi_size": [16, 16, 16], "train_size": [16, 16, 16]}
@@ -140,9 +140,7 @@ def test_train_prior_names_a_label_file_with_foreign_values(tmp_path):
             epoch_length=1,
             **SMALL,
         )
-    cause = info.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(info.value)
     assert os.path.basename(path) in str(cause) and "41" in str(cause)
 
 

@@ -15,7 +15,7 @@ from monai_probseg.bundle import check_checkpoint_dir
 from monai_probseg.data import write_ambiguous_lesions_2d, write_brats_phantoms
 from monai_probseg.data.synthetic import write_anatomy_phantoms
 
-from .utils import BUNDLES_DIR, config, folder_hash
+from .utils import BUNDLES_DIR, config, folder_hash, root_cause
 
 BUNDLES = ("brats_ssn", "brats_prob_unet", "brats_diffusion", "lesions2d_prob_unet", "brain_anatomical_prior")
 
@@ -68,9 +68,7 @@ def test_training_into_models_is_refused(bundle, tmp_path):
             epoch_length=1,
             **overrides,
         )
-    cause = info.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(info.value)
     assert isinstance(cause, ValueError) and "--overwrite_shipped True" in str(cause)
     assert folder_hash(models) == before
     assert not (tmp_path / "runs").exists()  # refused before anything was written
@@ -107,9 +105,7 @@ def test_init_checkpoint_starts_from_shipped_weights(bundle, tmp_path):
     parser.update({"init_checkpoint": str(tmp_path / "missing.pt"), "device": "$torch.device('cpu')"})
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("initialize")
-    cause = info.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(info.value)
     assert "missing.pt" in str(cause)
 
 
@@ -128,7 +124,5 @@ def test_resume_without_checkpoints_names_the_folder(bundle, tmp_path):
             epoch_length=1,
             **overrides,
         )
-    cause = info.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(info.value)
     assert "--resume" in str(cause) and "empty" in str(cause)

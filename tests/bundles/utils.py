@@ -43,6 +43,13 @@ def run_cli(args, timeout=240, env_extra=None, cwd=REPO):
     )
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost ``__cause__`` of ``error`` (MONAI wraps a config expression's error in a RuntimeError)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def folder_hash(root) -> str:
     digest = hashlib.sha256()
     for folder, _, files in sorted(os.walk(root)):
