@@ -37,6 +37,7 @@ __all__ = [
     "gaussian_log_density",
     "low_rank_moments",
     "low_rank_noise",
+    "merge_moments",
     "low_rank_sample",
     "variance_to_std",
 ]
@@ -284,6 +285,33 @@ _FUSED_CHUNK_ELEMENTS = {"cpu": 2**17, "cuda": 2**24}
 
 
 @torch.no_grad()
+def merge_moments(
+    count_a: int, moments_a: dict[str, torch.Tensor], count_b: int, moments_b: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The moments of two groups of samples together (the pairwise update of Chan, Golub and LeVeque, 1983).
+
+    Each group is ``{"mean": (B, C, *spatial) mean probabilities, "m2": (B, C, *spatial) sum of squared deviations
+    from that mean, "expected_entropy": (B, 1, *spatial) mean entropy}`` of ``count`` samples, as
+    :py:func:`low_rank_moments` returns it; the result is the same for the ``count_a + count_b`` samples, equal to
+    computing it on all of them at once up to rounding (stable in float32).
+
+    Args:
+        count_a: number of samples of the first group (> 0).
+        moments_a: their moments.
+        count_b: number of samples of the second group (> 0).
+        moments_b: their moments.
+    """
+    total = count_a + count_b
+    weight = count_b / total
+    delta = moments_b["mean"] - moments_a["mean"]
+    entropy_a = moments_a["expected_entropy"]
+    return {
+        "mean": moments_a["mean"] + delta * weight,
+        "m2": moments_a["m2"] + moments_b["m2"] + delta.square() * (count_a * weight),
+        "expected_entropy": entropy_a + (moments_b["expected_entropy"] - entropy_a) * weight,
+    }
+
+
 def low_rank_moments(
     mean: torch.Tensor,
     cov_factor: torch.Tensor,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from monai_probseg.distributions import merge_moments
+
 __all__ = [
     "CASE_OUTPUTS",
     "DEFAULT_UNCERTAINTY_MAPS",
@@ -190,13 +192,14 @@ class StreamingUncertaintyMaps:
                 f"new samples have per-chunk mean shape {tuple(mean_new.shape)}, which does not match the earlier "
                 f"chunks ({tuple(self._mean.shape)}); call reset() before a new case."
             )
-        total = self._count + num_new
-        weight = num_new / total
-        delta = mean_new - self._mean
-        self._mean = self._mean + delta * weight
-        self._m2 = self._m2 + m2_new + delta.square() * (self._count * weight)
-        self._expected_entropy = self._expected_entropy + (entropy_new - self._expected_entropy) * weight
-        self._count = total
+        merged = merge_moments(
+            self._count,
+            {"mean": self._mean, "m2": self._m2, "expected_entropy": self._expected_entropy},
+            num_new,
+            {"mean": mean_new, "m2": m2_new, "expected_entropy": entropy_new},
+        )
+        self._mean, self._m2, self._expected_entropy = merged["mean"], merged["m2"], merged["expected_entropy"]
+        self._count += num_new
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Return the maps of all samples seen since the last reset (same keys as :py:func:`uncertainty_maps`)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from monai_probseg.distributions import low_rank_sample
+from monai_probseg.distributions import low_rank_moments, low_rank_sample, merge_moments
 from monai_probseg.networks.blocks.backbone import backbone_features, feature_backbone
 from monai_probseg.networks.blocks.lowrank import LowRankHead
 from monai_probseg.networks.contract import DistributionModel
@@ -306,6 +306,63 @@ class MixtureOfStochasticExperts(DistributionModel):
                     mean[b : b + 1, k], factor[b : b + 1, k], diag[b : b + 1, k], index.numel(), generator=gen
                 )
                 out[b, index] = drawn[0].to(out.dtype)
+        return out
+
+    def sample_moments(
+        self,
+        maps: dict[str, torch.Tensor],
+        num_samples: int,
+        generator: int | torch.Generator | None = None,
+        keep_labels: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The moments of the probabilities of ``num_samples`` samples, drawn expert by expert with the fused sampler.
+
+        The experts are drawn as in :py:meth:`sample` (:py:meth:`choose_experts`, the first random draw); then, for
+        every batch item and every expert some sample picked, the moments of its samples come from
+        :py:func:`~monai_probseg.distributions.low_rank_moments` (no sample is materialised) and the groups are
+        merged with :py:func:`~monai_probseg.distributions.merge_moments`. The same distribution as
+        :py:meth:`sample`; the random stream of the noise is that of the fused sampler, so the same seed gives the
+        same moments here, not the samples of :py:meth:`sample`.
+
+        Args:
+            maps: the output of :py:meth:`distribution` (possibly stitched by a sliding-window inferer).
+            num_samples: number of samples ``N``.
+            generator: seed or ``torch.Generator`` (same seed, same moments).
+            keep_labels: also return the label map of every sample, ``"labels"`` ``(B, N, *spatial)`` uint8.
+
+        Returns:
+            ``{"mean", "m2", "expected_entropy"}`` (and ``"labels"``) as :py:func:`low_rank_moments` returns them.
+        """
+        num_samples = check_positive_int(num_samples, "num_samples")
+        mean, factor, diag = self._split(maps)
+        gen = make_generator(generator, mean.device)
+        experts = self.choose_experts(maps, num_samples, gen)
+        items: list[dict[str, torch.Tensor]] = []
+        labels = torch.empty((mean.shape[0], num_samples, *mean.shape[3:]), dtype=torch.uint8, device=mean.device)
+        for b in range(mean.shape[0]):
+            merged: dict[str, torch.Tensor] | None = None
+            count = 0
+            for k in range(self.num_experts):
+                index = (experts[b] == k).nonzero().squeeze(1).to(mean.device)
+                if index.numel() == 0:
+                    continue
+                part = low_rank_moments(
+                    mean[b : b + 1, k].float(),
+                    factor[b : b + 1, k].float(),
+                    diag[b : b + 1, k].float(),
+                    index.numel(),
+                    generator=gen,
+                    keep_labels=keep_labels,
+                )
+                if keep_labels:
+                    labels[b, index] = part.pop("labels")[0]
+                merged = part if merged is None else merge_moments(count, merged, index.numel(), part)
+                count += index.numel()
+            assert merged is not None  # num_samples >= 1 picks at least one expert
+            items.append(merged)
+        out = {key: torch.cat([item[key] for item in items]) for key in ("mean", "m2", "expected_entropy")}
+        if keep_labels:
+            out["labels"] = labels
         return out
 
 

@@ -77,9 +77,10 @@ class StochasticSegmentationNetwork(DistributionModel):
         strides: strides of the default ``UNet`` backbone.
         num_res_units: residual units per block of the default ``UNet`` backbone.
         sampling_tolerance: used by :py:meth:`sampling_mask`, which tells a sliding-window inferer where sampling
-            can be skipped: voxels where no sample within ``sampling_num_std`` standard deviations can give a
-            non-top class more than this probability. ``None`` samples every voxel.
-        sampling_num_std: the number of standard deviations of that bound.
+            can be skipped: voxels where skipping changes no map (mean probabilities, entropy, mutual information,
+            variance) by more than this, in expectation. ``None`` samples every voxel.
+        sampling_num_std: standard deviations of the logits within which a voxel whose logits barely vary moves
+            no probability by more than ``sampling_tolerance`` (the second rule of :py:meth:`sampling_mask`).
         sample_scale: multiplies the noise of every sample at inference (``mean + s (P @ eps + sqrt(D) * eta)``,
             i.e. the covariance by ``s^2``); 1 (the default) is the trained distribution. A post-hoc calibration
             of the spread, like temperature scaling: a value below 1 narrows an over-dispersed model. Choose it on
@@ -113,7 +114,7 @@ class StochasticSegmentationNetwork(DistributionModel):
         channels: Sequence[int] = (32, 64, 128, 256),
         strides: Sequence[int] = (2, 2, 2),
         num_res_units: int = 2,
-        sampling_tolerance: float | None = 1e-4,
+        sampling_tolerance: float | None = 1e-3,
         sampling_num_std: float = 6.0,
         sample_scale: float = 1.0,
     ) -> None:
@@ -262,36 +263,55 @@ class StochasticSegmentationNetwork(DistributionModel):
     def sampling_mask(self, maps: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Voxels where samples can differ noticeably from the mean prediction, ``(B, 1, *spatial)`` bool.
 
-        A voxel is left out (``False``) when one of these holds, so that no sample within ``k = sampling_num_std``
-        standard deviations moves a class probability of the mean prediction by more than ``tol =
-        sampling_tolerance``:
+        The distribution is the one :py:meth:`sample` draws from (with :py:attr:`sample_scale`). A voxel is left out
+        (``False``) when skipping it changes none of the inferer's maps by more than ``tol = sampling_tolerance``
+        in expectation, i.e. when one of these holds:
 
         - it lies outside the region of interest (zero factor, ``epsilon`` diagonal): there the distribution is
           the ``epsilon`` placeholder of the reference implementation and every sample is the mean;
-        - its logits barely vary: ``k s <= tol``, with ``s`` the largest per-class logit standard deviation
-          ``sqrt(max_c sum_r P_cr^2 + D_c)`` (softmax moves a probability by at most the change of the logits);
-        - its mean is confident beyond the noise: ``m - 2 k s >= log((C - 1) / tol)``, with ``m`` the margin
-          between the two largest mean logits, so every such sample keeps the mean's argmax with a probability
-          above ``1 - tol``.
+        - its logits barely vary: ``k s <= tol`` with ``k = sampling_num_std`` and ``s`` the largest per-class logit
+          standard deviation ``sqrt(max_c sum_r P_cr^2 + D_c)`` (softmax moves a probability by at most the change
+          of the logits), so no sample within ``k`` standard deviations moves a probability by more than ``tol``;
+        - its mean is confident beyond the noise. With ``t`` the mean's top class, ``d_c = l_c - l_t`` is Gaussian
+          with mean ``-g_c`` (the gap of the mean logits) and variance ``v_c = sum_r (P_cr - P_tr)^2 + D_c + D_t``,
+          and a sample's ``p_c <= exp(d_c)``, so ``E p_c <= u_c = exp(-g_c + v_c / 2)`` (the log-normal mean),
+          ``E p_c^2 <= w_c = exp(-2 g_c + 2 v_c)`` and a sample's label differs from the mean's with a probability
+          of at most ``sum_c u_c`` (Markov). With every ``u_c <= 1/e``, the mean probabilities, the entropy and
+          the mutual information of the samples are then within ``B = sum_c u_c (1 - log u_c)`` of the mean
+          prediction's (``-x log x`` is concave and increasing below ``1/e``), the variances within
+          ``(sum_c sqrt(w_c))^2``; the voxel is skipped when both are ``<= tol``.
 
         The :py:class:`~monai_probseg.inferers.StochasticSlidingWindowInferer` samples only the voxels left in
-        and gives the others the mean prediction. Returns ``None`` (sample everything) when
-        ``sampling_tolerance`` is None or there is a single class.
+        and gives the others the mean prediction, so its maps are within ``tol`` of those of sampling every voxel
+        (in expectation; a finite number of samples adds its own Monte Carlo error). Returns ``None`` (sample
+        everything) when ``sampling_tolerance`` is None or there is a single class.
         """
-        mean, factor, diag = maps["mean"], maps["cov_factor"], maps["cov_diag"]
-        num_classes = mean.shape[1]
-        if self.sampling_tolerance is None or num_classes < 2:
+        if self.sampling_tolerance is None or maps["mean"].shape[1] < 2:
             return None
+        raw_factor, raw_diag = maps["cov_factor"], maps["cov_diag"]
+        mean, factor, diag = self._scaled(maps)
+        batch, num_classes, spatial = mean.shape[0], mean.shape[1], mean.shape[2:]
         tol, k = self.sampling_tolerance, self.sampling_num_std
-        factor = factor.reshape(mean.shape[0], num_classes, -1, *mean.shape[2:])
-        variance = factor.square().sum(2) + diag
-        std_max = variance.amax(1, keepdim=True).sqrt()
-        outside_roi = (factor == 0).flatten(1, 2).all(1, keepdim=True) & (diag <= self.head.epsilon * (1 + 1e-3)).all(
+        factor = factor.reshape(batch, num_classes, -1, *spatial)
+        outside_roi = (raw_factor == 0).all(1, keepdim=True) & (raw_diag <= self.head.epsilon * (1 + 1e-3)).all(
             1, keepdim=True
         )
-        still = k * std_max <= tol
-        top2 = mean.topk(2, dim=1).values
-        confident = (top2[:, :1] - top2[:, 1:]) - 2.0 * k * std_max >= math.log((num_classes - 1) / tol)
+        still = k * (factor.square().sum(2) + diag).amax(1, keepdim=True).sqrt() <= tol
+        top = mean.argmax(1, keepdim=True)
+        mean_top, diag_top = mean.gather(1, top), diag.gather(1, top)
+        factor_top = factor.gather(1, top.unsqueeze(2).expand(-1, -1, factor.shape[2], *spatial))
+        entropy_bound = torch.zeros_like(mean_top)
+        variance_root = torch.zeros_like(mean_top)
+        too_likely = torch.zeros_like(top, dtype=torch.bool)
+        for c in range(num_classes):
+            is_top = top == c
+            gap = mean_top - mean[:, c : c + 1]
+            var = (factor[:, c : c + 1] - factor_top).square().sum(2) + diag[:, c : c + 1] + diag_top
+            log_u = (var / 2 - gap).masked_fill(is_top, -1.0)  # the top class itself adds nothing
+            too_likely |= ~is_top & (log_u > -1.0)
+            entropy_bound += torch.where(is_top, 0.0, log_u.exp() * (1.0 - log_u))
+            variance_root += torch.where(is_top, 0.0, (var - gap).exp())  # sqrt(w_c)
+        confident = ~too_likely & (entropy_bound <= tol) & (variance_root.square() <= tol)
         return ~(outside_roi | still | confident)
 
 

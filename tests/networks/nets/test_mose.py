@@ -217,3 +217,35 @@ def test_inferer_sample_roi_keeps_the_mixture_mean_outside():
     inside = samples[..., 8:].flatten(1).float().mean(1)
     assert set(inside.unique().tolist()) <= {0.0, 1.0}
     assert abs(float(inside.mean()) - 0.7) <= 0.1
+
+
+def test_sample_moments_equal_the_maps_of_the_samples():
+    from monai_probseg.metrics import uncertainty_maps
+
+    # noise-free experts: every sample is its expert's mean, so the fused moments must equal the maps of sample()
+    net = _two_expert_net(gate=(0.3, 0.7))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = net.distribution(x)
+        moments = net.sample_moments(maps, 50, generator=3, keep_labels=True)
+        probs = torch.softmax(net.sample(maps, 50, generator=3).float(), 2)
+    expected = uncertainty_maps(probs)
+    assert moments["mean"].shape == (2, 2, 8, 8) and moments["labels"].shape == (2, 50, 8, 8)
+    torch.testing.assert_close(moments["mean"], expected["prob"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(moments["m2"] / 50, expected["variance"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(moments["labels"].long(), probs.argmax(2))  # same experts: the first draw
+
+
+def test_sample_moments_follow_the_mixture_distribution():
+    from monai_probseg.metrics import uncertainty_maps
+
+    torch.manual_seed(0)
+    net = _tiny(2, out_channels=3).eval()
+    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        maps = net.distribution(x)
+        moments = net.sample_moments(maps, 4000, generator=0)
+        reference = uncertainty_maps(torch.softmax(net.sample(maps, 4000, generator=1).float(), 2))
+    # within Monte-Carlo error of 4000 samples (probabilities in [0, 1]: standard error <= 0.008)
+    assert float((moments["mean"] - reference["prob"]).abs().max()) < 0.04
+    assert float((moments["m2"] / 4000 - reference["variance"]).abs().max()) < 0.02
