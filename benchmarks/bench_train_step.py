@@ -17,8 +17,9 @@ All in one process, 2D and 3D, with the models' default widths (the sizes the bu
   :py:class:`~monai_probseg.losses.ELBOLoss`.
 
 A step is forward, loss, backward and an Adam update; the time is the median of ``--steps`` steps after
-``--warmup`` steps, on random images with random labels (the cost does not depend on the values). ``--amp``
-adds bfloat16 autocast rows (CPU) / float16 (CUDA) for the same models.
+``--warmup`` steps, the model's steps alternating with its baseline's (the ratio is the median of the per-round
+ratios, robust to a machine that other work slows now and then), on random images with random labels (the cost
+does not depend on the values). ``--amp`` adds bfloat16 autocast rows (CPU) / float16 (CUDA) for the same models.
 
 Run::
 
@@ -89,7 +90,8 @@ def build(name: str, dims: int, in_channels: int, num_classes: int):
     raise ValueError(f"unknown model {name}")
 
 
-def step_seconds(name, dims, args, amp: bool) -> float:
+def _stepper(name, dims, args, amp: bool):
+    """A function running one training step of ``name`` and returning its wall time in seconds."""
     torch.manual_seed(0)
     in_channels, num_classes, batch, size = (
         (1, 2, args.batch2d, args.size2d) if dims == 2 else (4, 4, args.batch3d, args.size3d)
@@ -101,17 +103,36 @@ def step_seconds(name, dims, args, amp: bool) -> float:
     x = torch.randn((batch, in_channels, *([size] * dims)), generator=g)
     y = torch.randint(0, num_classes, (batch, 1, *([size] * dims)), generator=g)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    times = []
-    for i in range(args.warmup + args.steps):
+
+    def step() -> float:
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=torch.bfloat16 if device_type == "cpu" else torch.float16, enabled=amp):
             loss = loss_fn(net, x, y)
         loss.backward()
         opt.step()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def paired_step_seconds(model: str, base: str, dims: int, args, amp: bool) -> tuple[float, float, float]:
+    """Median step times of ``model`` and ``base`` and the median of their per-round ratios.
+
+    The two models' steps alternate (the order flips every round), so a slow spell of a shared machine slows both
+    sides of a ratio alike.
+    """
+    steppers = {model: _stepper(model, dims, args, amp), base: _stepper(base, dims, args, amp)}
+    times: dict[str, list[float]] = {model: [], base: []}
+    for i in range(args.warmup + args.steps):
+        for name in (model, base) if i % 2 == 0 else (base, model):
+            seconds = steppers[name]()
+            if i >= args.warmup:
+                times[name].append(seconds)
+    ratios = [a / b for a, b in zip(times[model], times[base])]
+    return statistics.median(times[model]), statistics.median(times[base]), statistics.median(ratios)
 
 
 def main(argv=None) -> dict:
@@ -132,22 +153,26 @@ def main(argv=None) -> dict:
 
     rows = []
     for dims in args.dims:
-        times = {}
+        float32_steps = {}
         for amp in [False, True] if args.amp else [False]:
-            for name in ("backbone", "ssn", "unet", "prob_unet"):
-                times[name, amp] = step_seconds(name, dims, args, amp)
-                logger.info("%dD %s%s: %.3f s per step", dims, name, " (autocast)" if amp else "", times[name, amp])
             for model, base in (("ssn", "backbone"), ("prob_unet", "unet")):
+                step_s, base_s, ratio = paired_step_seconds(model, base, dims, args, amp)
+                if not amp:
+                    float32_steps[model] = step_s
+                logger.info(
+                    "%dD %s%s: %.3f s per step, %s %.3f s, ratio %.3f",
+                    dims, model, " (autocast)" if amp else "", step_s, base, base_s, ratio,
+                )  # fmt: skip
                 rows.append(
                     {
                         "dims": dims,
                         "model": model,
                         "autocast": amp,
-                        "step_s": times[model, amp],
+                        "step_s": step_s,
                         "baseline": base,
-                        "baseline_step_s": times[base, amp],
-                        "ratio": times[model, amp] / times[base, amp],
-                        "over_float32": times[model, amp] / times[model, False],
+                        "baseline_step_s": base_s,
+                        "ratio": ratio,
+                        "over_float32": step_s / float32_steps[model],
                     }
                 )
     shapes = (
@@ -157,7 +182,8 @@ def main(argv=None) -> dict:
     md = (
         "# Train step: the probabilistic models against the deterministic networks they build on\n\n"
         f"{shapes}. Median of {args.steps} steps (forward, loss, backward, Adam) after {args.warmup}, "
-        f"{args.threads} CPU thread(s), all in one process. `ssn` against `backbone` (the same MONAI UNet emitting "
+        f"{args.threads} CPU thread(s), all in one process; a model's steps alternate with its baseline's and "
+        "`ratio` is the median of the per-round ratios. `ssn` against `backbone` (the same MONAI UNet emitting "
         "the features the SSN's heads read, plus a 1x1 convolution and cross-entropy), `prob_unet` against `unet` "
         "(its own U-Net with a 1x1 convolution and cross-entropy). `over_float32`: the step against the same "
         "model's float32 step.\n\n"

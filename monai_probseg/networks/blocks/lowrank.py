@@ -128,10 +128,12 @@ class LowRankHead(nn.Module):
             biases.append(_bias(self.cov_factor.bias, self.out_channels * self.rank, h))
         out = self.mean._conv_forward(h, torch.cat(weights), torch.cat(biases))
         c = self.out_channels
-        mean, log_diag = out[:, :c], out[:, c : 2 * c]
+        # split, not slices: its backward concatenates the three gradients instead of zero-filling a full-size
+        # gradient per slice and adding them
         if self.cov_factor is not None:
-            factor = out[:, 2 * c :]
+            mean, log_diag, factor = out.split([c, c, out.shape[1] - 2 * c], dim=1)
         else:
+            mean, log_diag = out.split([c, c], dim=1)
             shape = list(mean.shape)
             shape[1] = self.out_channels * self.rank
             factor = mean.new_zeros(shape)
