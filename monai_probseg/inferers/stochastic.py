@@ -58,7 +58,9 @@ class StochasticSlidingWindowInferer(Inferer):
       ``distribution()`` (MONAI's ``sliding_window_inference`` stitches the dict of maps), then ``num_samples``
       samples from the stitched maps in chunks of ``sample_batch_size``, with noise drawn once per sample for the
       whole volume. Only voxels inside the network's ``sampling_mask(maps)`` (and ``sample_roi``) are sampled;
-      outside them every sample equals the network's mean prediction ``mean_logits(maps)``.
+      outside them every sample equals the network's mean prediction ``mean_logits(maps)``. With ``sample_roi``
+      the mask is evaluated on the region's voxels only, laid out as a ``(1, ch, V, 1[, 1])`` image (a
+      distribution model's sampler and mask work voxel by voxel).
     - **iterative** (:py:class:`~monai_probseg.networks.IterativeSampler`, e.g. diffusion):
       ``sample(distribution(inputs), n, generator, window_fn=...)`` once per chunk; ``window_fn(tensor, patch_fn)``
       runs a blended sliding-window pass of ``patch_fn`` over a whole tensor, which the sampler uses at every step.
@@ -281,32 +283,40 @@ class StochasticSlidingWindowInferer(Inferer):
     ) -> dict[str, torch.Tensor]:
         sample_device = torch.device(self.sw_device) if self.sw_device is not None else device
         maps = {k: v.to(sample_device) for k, v in self._stitched_maps(inputs, network, args, kwargs).items()}
-        mask = network.sampling_mask(maps)
-        if self.sample_roi is not None:
-            roi = self._roi(inputs).to(sample_device)
-            mask = roi if mask is None else mask.to(sample_device) & roi
-        if mask is None:
-            return self._sample_maps(network, maps, generator, device, "sampling")
-
-        # sample only inside the mask; outside it every sample equals the mean prediction
         spatial = next(iter(maps.values())).shape[2:]
-        if mask.shape[0] != inputs.shape[0] or tuple(mask.shape[2:]) != tuple(spatial):
-            raise ValueError(f"sampling_mask returned shape {tuple(mask.shape)}, expected (B, 1, *{tuple(spatial)}).")
+        roi = self._roi(inputs).to(sample_device) if self.sample_roi is not None else None
+        mask = None
+        if roi is None:
+            mask = network.sampling_mask(maps)
+            if mask is None:
+                return self._sample_maps(network, maps, generator, device, "sampling")
+            self._check_mask(mask, (inputs.shape[0], 1, *spatial))
+
+        # sample only inside the ROI and the mask; elsewhere every sample equals the mean prediction
         full = self._constant(torch.softmax(network.mean_logits(maps).float(), 1), device)
         for b in range(inputs.shape[0]):
-            index = mask[b].reshape(-1).nonzero().squeeze(1)
+            index = (mask if roi is None else roi)[b].reshape(-1).nonzero().squeeze(1)
+            compact = _compact(maps, b, index, len(spatial))
+            if roi is not None:
+                # the network's mask, per voxel, on the ROI's voxels only (the bulk of a volume is often outside)
+                inner = network.sampling_mask(compact) if index.numel() else None
+                if inner is not None:
+                    self._check_mask(inner, (1, 1, index.numel(), *([1] * (len(spatial) - 1))))
+                    keep = inner.reshape(-1).nonzero().squeeze(1)
+                    index = index[keep]
+                    compact = _compact(compact, 0, keep, len(spatial))
             if index.numel() == 0:
                 continue
-            # the active voxels as a (1, ch, V, 1[, 1]) "image": the sampler is per voxel, so the layout is free
-            compact_shape = (index.numel(),) + (1,) * (len(spatial) - 1)
-            compact = {
-                k: v[b : b + 1].flatten(2)[..., index].reshape(1, v.shape[1], *compact_shape) for k, v in maps.items()
-            }
             part = self._sample_maps(network, compact, generator, device, f"sampling item {b}")
             for key, value in part.items():
                 target = full[key][b].flatten(1)
                 target[:, index.to(target.device)] = value[0].flatten(1).to(target.dtype)
         return full
+
+    @staticmethod
+    def _check_mask(mask: torch.Tensor, expected: tuple[int, ...]) -> None:
+        if tuple(mask.shape) != tuple(expected):
+            raise ValueError(f"sampling_mask returned shape {tuple(mask.shape)}, expected {tuple(expected)}.")
 
     def _sample_maps(
         self,
@@ -440,3 +450,10 @@ def _as_meta(result: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict[str,
         meta_value.copy_meta_from(inputs, copy_attr=True)
         out[key] = meta_value
     return out
+
+
+def _compact(maps: dict[str, torch.Tensor], b: int, index: torch.Tensor, spatial_dims: int) -> dict[str, torch.Tensor]:
+    """The voxels ``index`` (flat) of batch item ``b`` of every map as a ``(1, ch, V, 1[, 1])`` "image": the
+    samplers and sampling masks of the distribution models work per voxel, so the layout is free."""
+    shape = (index.numel(),) + (1,) * (spatial_dims - 1)
+    return {k: v[b : b + 1].flatten(2)[..., index].reshape(1, v.shape[1], *shape) for k, v in maps.items()}

@@ -207,7 +207,8 @@ class DistributionModel(ProbabilisticModel):
         """Voxels ``(B, 1, *spatial)`` bool where samples can differ from :py:meth:`mean_logits`, or ``None`` (all).
 
         The inferer samples only inside the mask; outside it every sample equals the mean prediction. The default
-        samples every voxel.
+        samples every voxel. The mask must be a function of each voxel's maps alone: with a ``sample_roi``, the
+        inferer evaluates it on the region's voxels only, laid out as a ``(1, ch, V, 1[, 1])`` image.
 
         Args:
             maps: the (stitched) output of :py:meth:`distribution`.

@@ -288,22 +288,33 @@ class StochasticSegmentationNetwork(DistributionModel):
         """
         if self.sampling_tolerance is None or maps["mean"].shape[1] < 2:
             return None
-        raw_factor, raw_diag = maps["cov_factor"], maps["cov_diag"]
         mean, factor, diag = self._scaled(maps)
         batch, num_classes, spatial = mean.shape[0], mean.shape[1], mean.shape[2:]
+        flat = [t.reshape(batch, t.shape[1], -1) for t in (mean, factor, diag, maps["cov_factor"], maps["cov_diag"])]
+        flat[1] = flat[1].reshape(batch, num_classes, -1, flat[1].shape[-1])  # (B, C, R, V)
+        num_voxels = flat[0].shape[-1]
+        out = torch.empty((batch, 1, num_voxels), dtype=torch.bool, device=mean.device)
+        step = 1 << 14  # voxels per chunk: the chunk's temporaries stay in cache
+        for start in range(0, num_voxels, step):
+            out[..., start : start + step] = self._sampling_mask_chunk(*(t[..., start : start + step] for t in flat))
+        return out.reshape(batch, 1, *spatial)
+
+    def _sampling_mask_chunk(self, mean, factor, diag, raw_factor, raw_diag) -> torch.Tensor:
+        """:py:meth:`sampling_mask` of flat voxels: ``mean``/``diag`` ``(B, C, v)`` and ``factor`` ``(B, C, R, v)``
+        scaled by ``sample_scale``, ``raw_factor``/``raw_diag`` the network's ``(B, C * R, v)``/``(B, C, v)``."""
         tol, k = self.sampling_tolerance, self.sampling_num_std
-        factor = factor.reshape(batch, num_classes, -1, *spatial)
+        assert tol is not None
         outside_roi = (raw_factor == 0).all(1, keepdim=True) & (raw_diag <= self.head.epsilon * (1 + 1e-3)).all(
             1, keepdim=True
         )
         still = k * (factor.square().sum(2) + diag).amax(1, keepdim=True).sqrt() <= tol
         top = mean.argmax(1, keepdim=True)
         mean_top, diag_top = mean.gather(1, top), diag.gather(1, top)
-        factor_top = factor.gather(1, top.unsqueeze(2).expand(-1, -1, factor.shape[2], *spatial))
+        factor_top = factor.gather(1, top.unsqueeze(2).expand(-1, -1, factor.shape[2], -1))
         entropy_bound = torch.zeros_like(mean_top)
         variance_root = torch.zeros_like(mean_top)
         too_likely = torch.zeros_like(top, dtype=torch.bool)
-        for c in range(num_classes):
+        for c in range(mean.shape[1]):
             is_top = top == c
             gap = mean_top - mean[:, c : c + 1]
             var = (factor[:, c : c + 1] - factor_top).square().sum(2) + diag[:, c : c + 1] + diag_top
