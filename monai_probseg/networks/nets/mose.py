@@ -251,9 +251,15 @@ class MixtureOfStochasticExperts(DistributionModel):
     def choose_experts(
         self, maps: dict[str, torch.Tensor], num_samples: int, generator: int | torch.Generator | None = None
     ) -> torch.Tensor:
-        """The expert of each of ``num_samples`` samples, ``(B, N)`` long, drawn from :py:func:`gate_weights`.
+        """The expert of each of ``num_samples`` samples, ``(B, N)`` long, stratified over :py:func:`gate_weights`.
 
-        The first random draw of :py:meth:`sample` (which calls it with the same generator).
+        Systematic sampling (as in the systematic resampling of particle filters): with one ``u ~ U(0, 1)`` per
+        batch item, sample ``i`` takes the expert whose interval of the cumulative gate holds ``(u + i) / N``, and
+        the ``N`` choices are then put in a random order. Each sample's expert is still marginally ``k ~ w``, but the
+        ``N`` samples hold expert ``k`` ``N w_k`` times up to one (independent draws would scatter the counts by
+        ``sqrt(N w_k (1 - w_k))``, and a fixed seed would repeat the same scatter for every case of a data set).
+        The first random draws of :py:meth:`sample` and :py:meth:`sample_moments` (which call it with the same
+        generator).
 
         Args:
             maps: the output of :py:meth:`distribution`.
@@ -261,11 +267,19 @@ class MixtureOfStochasticExperts(DistributionModel):
             generator: seed or ``torch.Generator`` (same seed, same choices).
         """
         num_samples = check_positive_int(num_samples, "num_samples")
-        weights = gate_weights(maps)
+        weights = gate_weights(maps).float()
         gen = make_generator(generator, weights.device)
         if gen is not None and gen.device != weights.device:
             weights = weights.to(gen.device)
-        return torch.multinomial(weights, num_samples, replacement=True, generator=gen).to(maps["gate"].device)
+        batch = weights.shape[0]
+        offset = torch.rand((batch, 1), generator=gen, device=weights.device)
+        positions = (offset + torch.arange(num_samples, device=weights.device)) / num_samples  # (B, N) in [0, 1)
+        cdf = weights.cumsum(1) / weights.sum(1, keepdim=True)
+        experts = torch.searchsorted(cdf.contiguous(), positions.contiguous(), right=True).clamp_max(
+            weights.shape[1] - 1
+        )
+        order = torch.rand((batch, num_samples), generator=gen, device=weights.device).argsort(1)
+        return experts.gather(1, order).to(maps["gate"].device)
 
     def sample(
         self,

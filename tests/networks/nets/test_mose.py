@@ -108,6 +108,23 @@ def test_sample_frequencies_follow_the_gate():
     torch.testing.assert_close(experts[0].float().mean(), torch.tensor(freq))
 
 
+def test_expert_choices_are_stratified_and_marginally_follow_the_gate():
+    net = _two_expert_net((0.3, 0.7))
+    with torch.no_grad():
+        maps = net.distribution(torch.randn(2, 1, 8, 8))
+    for n in (1, 7, 10, 100):
+        experts = net.choose_experts(maps, n, generator=n)
+        assert experts.shape == (2, n) and experts.dtype == torch.long
+        counts = (experts == 1).sum(1).float()
+        assert bool(((counts - 0.7 * n).abs() <= 1.0).all()), (n, counts)  # N w_k up to one
+    # each single choice is marginally k ~ w: the first of 10 choices over many seeds
+    first = torch.stack([net.choose_experts(maps, 10, generator=seed)[0, 0] for seed in range(2000)])
+    assert abs(float(first.float().mean()) - 0.7) < 0.04
+    # and the choices are in random order, not sorted by expert
+    experts = net.choose_experts(maps, 100, generator=0)[0]
+    assert not bool((experts[:30] == 0).all())
+
+
 def test_gate_is_learnt_on_a_toy_two_mode_problem():
     """A few steps of the OT loss move the gate toward the annotations' mode frequencies."""
     net = _two_expert_net((0.5, 0.5))
