@@ -58,6 +58,7 @@ from monai_probseg.quality import (  # noqa: E402
     ScoreRegressor,
     generate_quality_dataset,
     load_quality_dataset,
+    predict_with_flips,
     score_names,
 )
 
@@ -214,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     predictions: dict[str, np.ndarray] = {}
     per_region: dict[str, np.ndarray] = {}
     network = _quality_net(args.quality_model)
+    args.flips = _config("inference.json")["quality"].get("flips", [[]])  # as the bundle's predictor runs it
     with torch.no_grad():
         x = torch.from_numpy(test["inputs"])
         s = torch.from_numpy(test["scores"])
-        per_region["SegmentationQualityNet"] = network(x, s).numpy()
+        per_region["SegmentationQualityNet"] = predict_with_flips(network, x, s, args.flips).numpy()
         z = (s - network.score_mean) / network.score_std
         out_of_distribution = int((z.abs() > 8.0).any(1).sum())
     for label, reg in (

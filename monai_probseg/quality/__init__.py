@@ -22,5 +22,5 @@ from .data import (
     simulate_quality_case,
     weights_fingerprint,
 )
-from .predictor import QualityPredictor, SampleAgreementQuality
+from .predictor import QualityPredictor, SampleAgreementQuality, predict_with_flips
 from .regression import ScoreRegressor

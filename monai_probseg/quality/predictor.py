@@ -71,6 +71,9 @@ class QualityPredictor:
         failure_threshold: predicted mean Dice below which a case is flagged.
         ood_z: z-score beyond which a score is out of distribution (``None``: no check).
         device: where the network runs.
+        flips: test-time augmentation: the network's predictions on the input flipped along each of these tuples of
+            spatial axes (``()``: as it is) are averaged, e.g. ``[[], [0], [1], [0, 1]]`` for a network trained with
+            random flips along axes 0 and 1 (``configs/train_quality.json``). The default, ``[[]]``, runs it once.
 
     Example::
 
@@ -88,6 +91,7 @@ class QualityPredictor:
         failure_threshold: float = DEFAULT_FAILURE_THRESHOLD,
         ood_z: float | None = 8.0,
         device: torch.device | str = "cpu",
+        flips: Sequence[Sequence[int]] = ((),),
     ) -> None:
         self.regions = dict(regions)
         self.names = score_names(self.regions)
@@ -108,6 +112,7 @@ class QualityPredictor:
         self.input_size = tuple(int(s) for s in input_size)
         self.failure_threshold = float(failure_threshold)
         self.ood_z = ood_z
+        self.flips = quality_flips(flips, network.spatial_dims)
 
     def predict(
         self, image: torch.Tensor, outputs: Mapping[str, torch.Tensor], brain: torch.Tensor | None = None
@@ -133,9 +138,9 @@ class QualityPredictor:
                 if self.ood_z is not None and bool((z.abs() > self.ood_z).any()):
                     out_of_distribution = True
                 out_of_distribution |= missing
-                dice = self.network(x.to(self.device), vector.to(self.device))[0].cpu()
+                dice = predict_with_flips(self.network, x.to(self.device), vector.to(self.device), self.flips)[0].cpu()
             else:
-                dice = self.network(x.to(self.device))[0].cpu()
+                dice = predict_with_flips(self.network, x.to(self.device), None, self.flips)[0].cpu()
         if not np.isfinite(dice.numpy()).all():
             out_of_distribution = True
             dice = torch.zeros_like(dice)
@@ -217,3 +222,22 @@ class SampleAgreementQuality:
             out_of_distribution=False,
             **extra,
         )
+
+
+def quality_flips(flips: Sequence[Sequence[int]], spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+    """Validated test-time flips of :class:`QualityPredictor`: tuples of spatial axes in ``[0, spatial_dims)``."""
+    out = tuple(tuple(int(a) for a in axes) for axes in flips)
+    if not out or any(not 0 <= a < spatial_dims for axes in out for a in axes):
+        raise ValueError(f"flips must be a non-empty list of tuples of spatial axes < {spatial_dims}, got {flips!r}.")
+    return out
+
+
+def predict_with_flips(
+    network: torch.nn.Module, x: torch.Tensor, scores: torch.Tensor | None, flips: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """The mean of ``network(x flipped along each tuple of spatial axes of flips, scores)`` (``(B, regions)``)."""
+    preds = []
+    for axes in flips:
+        xf = x.flip([a + 2 for a in axes]) if axes else x
+        preds.append(network(xf) if scores is None else network(xf, scores))
+    return torch.stack(preds).mean(0)

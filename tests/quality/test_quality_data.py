@@ -139,6 +139,27 @@ def test_predictor_report(tmp_path):
     assert flagged["out_of_distribution"] is True and flagged["failure"] is True
 
 
+def test_predictor_flips_average_the_flipped_inputs(tmp_path):
+    from monai_probseg.quality import predict_with_flips
+
+    torch.manual_seed(0)
+    names = score_names()
+    net = SegmentationQualityNet(3, 10, 3, channels=(4,), strides=(2,), num_scores=len(names)).eval()
+    x, s = torch.randn(2, 10, 8, 8, 8), torch.randn(2, len(names))
+    flips = [[], [0], [1], [0, 1]]
+    with torch.no_grad():
+        expected = (net(x, s) + net(x.flip(2), s) + net(x.flip(3), s) + net(x.flip(2, 3), s)) / 4
+        torch.testing.assert_close(predict_with_flips(net, x, s, flips), expected)
+        torch.testing.assert_close(predict_with_flips(net, x, s, [[]]), net(x, s))
+    path = tmp_path / "quality_model.pt"
+    torch.save(net.state_dict(), path)
+    kwargs = {"input_size": (8, 8, 8)}
+    fresh = SegmentationQualityNet(3, 10, 3, channels=(4,), strides=(2,), num_scores=len(names))
+    assert QualityPredictor(fresh, path, flips=flips, **kwargs).flips == ((), (0,), (1,), (0, 1))
+    with pytest.raises(ValueError, match="spatial axes < 3"):
+        QualityPredictor(fresh, path, flips=[[3]], **kwargs)
+
+
 def test_generate_load_and_datalist(tmp_path):
     """End to end on two tiny phantoms with a small deterministic stage-1 network."""
     from monai.networks.nets import UNet
