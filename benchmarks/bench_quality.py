@@ -316,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Figure: `{os.path.relpath(figure, REPO)}` (risk-coverage; predicted vs true mean Dice). Wall time "
         f"{results['seconds']:.0f} s, of which {simulate_seconds:.0f} s simulating cases not already on disk (cases on "
-        "disk are reused; simulating one costs about 2.5 s of stage-1 inference on an idle core, 7 s on the shared "
-        "2-core machine: 330 cases, about 35 minutes, plus about 22 minutes for train_quality.json). Machine: "
+        "disk are reused; simulating one costs about 2.5 s of stage-1 inference on an idle core, 5-9 s on the "
+        f"shared 2-core machine: {len(train['records']) + len(test['records'])} cases took about 45 minutes there, "
+        "and train_quality.json about 32 minutes more). Machine: "
         f"{results['machine']['processor']}, {results['machine']['torch_threads']} threads.",
     ]
     json_path, md_path = write_results(args.name, results, "\n".join(lines))
