@@ -112,7 +112,7 @@ class QualityPredictor:
         self.input_size = tuple(int(s) for s in input_size)
         self.failure_threshold = float(failure_threshold)
         self.ood_z = ood_z
-        self.flips = quality_flips(flips, network.spatial_dims)
+        self.flips = _check_flips(flips, network.spatial_dims)
 
     def predict(
         self, image: torch.Tensor, outputs: Mapping[str, torch.Tensor], brain: torch.Tensor | None = None
@@ -138,9 +138,8 @@ class QualityPredictor:
                 if self.ood_z is not None and bool((z.abs() > self.ood_z).any()):
                     out_of_distribution = True
                 out_of_distribution |= missing
-                dice = predict_with_flips(self.network, x.to(self.device), vector.to(self.device), self.flips)[0].cpu()
-            else:
-                dice = predict_with_flips(self.network, x.to(self.device), None, self.flips)[0].cpu()
+            scores_in = vector.to(self.device) if self.network.num_scores > 0 else None
+            dice = predict_with_flips(self.network, x.to(self.device), scores_in, self.flips)[0].cpu()
         if not np.isfinite(dice.numpy()).all():
             out_of_distribution = True
             dice = torch.zeros_like(dice)
@@ -224,7 +223,7 @@ class SampleAgreementQuality:
         )
 
 
-def quality_flips(flips: Sequence[Sequence[int]], spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+def _check_flips(flips: Sequence[Sequence[int]], spatial_dims: int) -> tuple[tuple[int, ...], ...]:
     """Validated test-time flips of :class:`QualityPredictor`: tuples of spatial axes in ``[0, spatial_dims)``."""
     out = tuple(tuple(int(a) for a in axes) for axes in flips)
     if not out or any(not 0 <= a < spatial_dims for axes in out for a in axes):

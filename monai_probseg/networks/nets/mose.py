@@ -275,9 +275,7 @@ class MixtureOfStochasticExperts(DistributionModel):
         offset = torch.rand((batch, 1), generator=gen, device=weights.device)
         positions = (offset + torch.arange(num_samples, device=weights.device)) / num_samples  # (B, N) in [0, 1)
         cdf = weights.cumsum(1) / weights.sum(1, keepdim=True)
-        experts = torch.searchsorted(cdf.contiguous(), positions.contiguous(), right=True).clamp_max(
-            weights.shape[1] - 1
-        )
+        experts = torch.searchsorted(cdf, positions, right=True).clamp_max(weights.shape[1] - 1)
         order = torch.rand((batch, num_samples), generator=gen, device=weights.device).argsort(1)
         return experts.gather(1, order).to(maps["gate"].device)
 
