@@ -98,7 +98,8 @@ def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> d
     """Per-sample cost of the sampler + maps against the limit: the work every sample needs and nothing else.
 
     SSN: the limit is drawing the per-voxel noise, the low-rank product ``P @ eps`` and the softmax, done the
-    fastest way measured (voxel chunks that stay in cache, one matrix product for all samples of a chunk, in place);
+    fastest way measured (one matrix product for all samples of a chunk of voxels, in place; the faster of chunks
+    that stay in a core's cache and larger ones, best of 2 each);
     the sampler is ``sample_moments`` (the same work plus the mean, spread and entropy of every sample). PU-Net:
     the limit is fcomb's per-sample layers (``combine`` on the features projected once) and the softmax; the
     sampler is what the inferer runs, ``sample`` plus the streamed maps. ``previous_per_sample_ms`` is the generic
@@ -120,15 +121,18 @@ def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> d
         r = factor.shape[1] // c
         m, p, sd = mean[0].reshape(c, v), factor[0].reshape(c, r, v), diag[0].reshape(c, v).sqrt()
 
-        def limit():
+        def limit_in_chunks(elements):
             eps = torch.randn(r, num_samples, generator=gen)
-            step = max(1, 2**17 // (c * num_samples))
+            step = max(1, elements // (c * num_samples))
             for a in range(0, v, step):
                 z = torch.matmul(p[:, :, a : a + step].transpose(1, 2), eps)
                 z.addcmul_(torch.randn(z.shape, generator=gen), sd[:, a : a + step, None]).add_(
                     m[:, a : a + step, None]
                 )
                 torch.softmax(z, 0)
+
+        def limit():  # chunks that stay in a core's cache, or fewer, larger operations: the faster of the two
+            return min(_per_sample_seconds(lambda e=e: limit_in_chunks(e), 1, repeats=1) for e in (2**17, 2**22))
 
         def ours():
             return net.sample_moments(maps, num_samples, gen)
@@ -144,7 +148,8 @@ def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> d
                 torch.softmax(net.fcomb.combine(projected, z), 2)
 
         ours = generic
-    limit_s = _per_sample_seconds(limit, num_samples)
+    limit_s = min(limit() for _ in range(2)) / num_samples if name in ("ssn", "brats_ssn") else None
+    limit_s = limit_s if limit_s is not None else _per_sample_seconds(limit, num_samples)
     ours_s = _per_sample_seconds(ours, num_samples)
     previous_s = _per_sample_seconds(generic, num_samples, repeats=1)
     return {

@@ -1,20 +1,24 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""Choose a bundle's ``sample_scale`` (post-hoc spread calibration) on its VALIDATION phantoms.
+"""Choose a bundle's ``sample_scale`` (post-hoc spread calibration), or another inference setting, on its VALIDATION
+phantoms.
 
 The bundle's training phantoms (``train.json``: 24 phantoms of 64^3, seed 0, the last quarter for validation) are
 written again, the bundle's inference + evaluation runs on the validation cases once per scale, and the scale whose
 sample diversity (mean 1 - IoU between samples) is closest to the raters' diversity is chosen: the spread of the samples
 matches the spread of the annotators. The GED and the plausibility figures of
 :py:func:`monai_probseg.bundle.score_run` are reported beside it (the GED alone rewards extra spread on the cases
-the model gets wrong). Test phantoms (other seeds) are never used.
+the model gets wrong). Test phantoms (other seeds) are never used. ``--param`` calibrates another inference
+setting instead (e.g. the diffusion bundle's DDIM ``num_inference_steps`` or ``eta``), over ``--scales`` values.
 
 Run::
 
     python benchmarks/calibrate_sample_scale.py --bundle brats_ssn --scales 0.3 0.4 0.5 0.7 1.0
+    python benchmarks/calibrate_sample_scale.py --bundle brats_diffusion --param num_inference_steps --scales 10 25
 
-Writes ``benchmarks/results/calibration_<bundle>.json`` and ``.md``.
+Writes ``benchmarks/results/calibration_<bundle>.json`` and ``.md`` (``calibration_<bundle>_<param>`` with
+``--param``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ from monai_probseg.bundle import score_run  # noqa: E402
 from monai_probseg.data.synthetic import write_brats_phantoms  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARAM = {"brats_ssn": "network_def#sample_scale", "brats_prob_unet": "network_def#sample_scale"}
+PARAM = {
+    "brats_ssn": "network_def#sample_scale",
+    "brats_prob_unet": "network_def#sample_scale",
+    "brats_diffusion": "num_inference_steps",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.7, 1.0])
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--param", default=None, help="the config id to calibrate (default: the bundle's PARAM)")
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads of the bundle runs")
     args = parser.parse_args(argv)
+    param = args.param or PARAM[args.bundle]
+    name = param.split("#")[-1]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     work = tempfile.mkdtemp(prefix="calibrate_")
     with open(os.path.join(REPO, "bundles", args.bundle, "configs", "train.json")) as f:
         train = json.load(f)
@@ -60,19 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     configs = [os.path.join(REPO, "bundles", args.bundle, "configs", n) for n in ("inference.json", "evaluate.json")]
     rows = []
     for scale in args.scales:
-        out = os.path.join(work, f"scale_{scale}")
+        value = int(scale) if float(scale).is_integer() and "steps" in name else scale
+        out = os.path.join(work, f"{name}_{value}")
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs), "--dataset_dir", datalist]
         cmd += ["--data_list_key", "validation", "--output_dir", out, "--num_samples", str(args.num_samples)]
-        cmd += [f"--{PARAM[args.bundle]}", str(scale), "--progress", "False"]
+        cmd += [f"--{param}", str(value), "--progress", "False"]
         if args.checkpoint:
             cmd += ["--checkpoint", os.path.abspath(args.checkpoint)]
-        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         with open(os.path.join(out, "metrics.json")) as f:
             mean = json.load(f)["mean"]
         plaus = score_run(out)
         rows.append(
             {
-                "sample_scale": scale,
+                name: value,
                 "ged": mean["ged"],
                 "hm_iou": mean.get("hm_iou", float("nan")),
                 "sample_diversity": mean.get("diversity_samples", float("nan")),
@@ -90,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "args": vars(args),
         "rows": rows,
-        "best_sample_scale": best["sample_scale"],
-        "lowest_ged_sample_scale": lowest_ged["sample_scale"],
+        "param": param,
+        f"best_{name}": best[name],
+        f"lowest_ged_{name}": lowest_ged[name],
     }
     cmdline = " ".join(argv if argv is not None else sys.argv[1:])
     md = "\n".join(
         [
-            f"# sample_scale of {args.bundle} on its validation phantoms (seed {train['phantom_seed']})",
+            f"# {name} of {args.bundle} on its validation phantoms (seed {train['phantom_seed']})",
             "",
             f"`python benchmarks/calibrate_sample_scale.py {cmdline}`",
             "",
@@ -105,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
             md_table(rows, list(rows[0]), fmt="{:.3f}"),
             "",
-            f"Sample diversity closest to the raters': sample_scale {best['sample_scale']} (chosen); lowest GED: "
-            f"sample_scale {lowest_ged['sample_scale']}.",
+            f"Sample diversity closest to the raters': {name} {best[name]}; lowest GED: {name} {lowest_ged[name]}.",
         ]
     )
-    write_results(f"calibration_{args.bundle}", results, md)
+    write_results(f"calibration_{args.bundle}" + ("" if args.param is None else f"_{name}"), results, md)
     return 0
 
 

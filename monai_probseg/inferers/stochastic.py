@@ -25,7 +25,7 @@ from monai.utils import BlendMode, PytorchPadMode, look_up_option
 from tqdm.auto import tqdm
 
 from monai_probseg.inferers.baselines import DeepEnsemble
-from monai_probseg.metrics import StreamingUncertaintyMaps
+from monai_probseg.metrics import StreamingUncertaintyMaps, class_probabilities, constant_uncertainty_maps
 from monai_probseg.networks.contract import (
     DistributionModel,
     IterativeSampler,
@@ -267,9 +267,10 @@ class StochasticSlidingWindowInferer(Inferer):
 
     # ------------------------------------------------------------------ distribution models
     def _stitched_maps(self, inputs: torch.Tensor, network: Any, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        maps = self._window_fn(args, kwargs, progress=self.progress)(inputs, network.distribution)
+        """The network's ``window_maps`` (by default its ``distribution``) blended over the windows."""
+        maps = self._window_fn(args, kwargs, progress=self.progress)(inputs, network.window_maps)
         if not isinstance(maps, Mapping):
-            raise TypeError(f"{type(network).__name__}.distribution() must return a dict of maps, got {type(maps)}.")
+            raise TypeError(f"{type(network).__name__}.window_maps() must return a dict of maps, got {type(maps)}.")
         return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in maps.items()}
 
     def _sample_distribution(
@@ -287,18 +288,22 @@ class StochasticSlidingWindowInferer(Inferer):
         roi = self._roi(inputs).to(sample_device) if self.sample_roi is not None else None
         mask = None
         if roi is None:
+            maps = network.complete_maps(maps)
             mask = network.sampling_mask(maps)
-            if mask is None:
+            if mask is not None:
+                self._check_mask(mask, (inputs.shape[0], 1, *spatial))
+            if mask is None or bool(mask.all()):  # nothing to skip: no compaction
                 return self._sample_maps(network, maps, generator, device, "sampling")
-            self._check_mask(mask, (inputs.shape[0], 1, *spatial))
 
         # sample only inside the ROI and the mask; elsewhere every sample equals the mean prediction
-        full = self._constant(torch.softmax(network.mean_logits(maps).float(), 1), device)
+        full = self._constant(class_probabilities(network.mean_logits(maps)), device)
         for b in range(inputs.shape[0]):
             index = (mask if roi is None else roi)[b].reshape(-1).nonzero().squeeze(1)
             compact = _compact(maps, b, index, len(spatial))
             if roi is not None:
-                # the network's mask, per voxel, on the ROI's voxels only (the bulk of a volume is often outside)
+                # the maps completed and the network's mask evaluated on the ROI's voxels only (the bulk of a
+                # volume is often outside)
+                compact = network.complete_maps(compact)
                 inner = network.sampling_mask(compact) if index.numel() else None
                 if inner is not None:
                     self._check_mask(inner, (1, 1, index.numel(), *([1] * (len(spatial) - 1))))
@@ -331,7 +336,7 @@ class StochasticSlidingWindowInferer(Inferer):
         moments = network.sample_moments(maps, self.num_samples, generator, keep_labels=self.keep_samples)
         if moments is None:
             chunks = (network.sample(maps, n, generator) for _, n in self._chunks(desc))
-            return self._summarise((torch.softmax(c.float(), 2) for c in chunks), device)
+            return self._summarise((class_probabilities(c, 2) for c in chunks), device)
         acc = StreamingUncertaintyMaps()
         acc.merge(self.num_samples, *(moments[k].to(device) for k in ("mean", "m2", "expected_entropy")))
         summary = acc.compute()
@@ -351,7 +356,7 @@ class StochasticSlidingWindowInferer(Inferer):
 
     def _per_window_chunks(self, inputs, network, generator, args, kwargs) -> Iterator[torch.Tensor]:
         def one_window_sample(patch: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
-            return torch.softmax(network.sample(network.distribution(patch, *a, **kw), 1, generator)[:, 0].float(), 1)
+            return class_probabilities(network.sample(network.distribution(patch, *a, **kw), 1, generator)[:, 0])
 
         window_fn = self._window_fn(args, kwargs)
         for _, n in self._chunks("naive sampling"):
@@ -364,7 +369,7 @@ class StochasticSlidingWindowInferer(Inferer):
         maps = network.distribution(inputs)  # the condition of the process, for the whole volume
         window_fn = self._window_fn(args=(), kwargs={})
         chunks = (
-            torch.softmax(network.sample(maps, n, generator, window_fn=window_fn).float(), 2)
+            class_probabilities(network.sample(maps, n, generator, window_fn=window_fn), 2)
             for _, n in self._chunks("iterative sampling")
         )
         return self._summarise(chunks, device)
@@ -391,7 +396,7 @@ class StochasticSlidingWindowInferer(Inferer):
         maps = network.distribution(inputs)
         window_fn = self._window_fn(args, kwargs)
         chunks = (
-            torch.softmax(network.sample(maps, n, generator, window_fn=window_fn, start=start).float(), 2)
+            class_probabilities(network.sample(maps, n, generator, window_fn=window_fn, start=start), 2)
             for start, n in self._chunks("sampling (one pass per sample)", total)
         )
         return self._summarise(chunks, device, num_samples=total)
@@ -406,13 +411,16 @@ class StochasticSlidingWindowInferer(Inferer):
         kwargs: dict,
     ) -> dict[str, torch.Tensor]:
         logits = self._window_fn(args, kwargs, progress=self.progress)(inputs, network)
-        return self._constant(torch.softmax(logits.float(), 1), device)
+        return self._constant(class_probabilities(logits), device)
 
     def _constant(self, probs: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        """The summary of ``num_samples`` samples that all equal ``probs`` ``(B, C, *spatial)``."""
-        full = self._summarise(iter([probs.unsqueeze(1)]), device, num_samples=1)
+        """The summary of ``num_samples`` samples that all equal ``probs`` ``(B, C, *spatial)`` (``C >= 2``)."""
+        keys = tuple(self.outputs) + (("seg",) if self.keep_samples and "seg" not in self.outputs else ())
+        maps = constant_uncertainty_maps(probs.to(device), keys)
+        full = {k: maps[k] for k in self.outputs}
         if self.keep_samples:
-            full["samples"] = full["samples"].expand(-1, self.num_samples, *probs.shape[2:]).clone()
+            labels = maps["seg"].to(torch.uint8)
+            full["samples"] = labels.expand(-1, self.num_samples, *probs.shape[2:]).clone()
         return full
 
     # ------------------------------------------------------------------ summary

@@ -49,6 +49,8 @@ from .uncertainty import (
     DEFAULT_UNCERTAINTY_MAPS,
     UNCERTAINTY_MAP_KEYS,
     StreamingUncertaintyMaps,
+    class_probabilities,
+    constant_uncertainty_maps,
     uncertainty_maps,
 )
 from .utils import check_label_range, pairwise_distance, pairwise_iou, set_iou_blocks

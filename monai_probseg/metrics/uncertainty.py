@@ -14,6 +14,8 @@ __all__ = [
     "DEFAULT_UNCERTAINTY_MAPS",
     "UNCERTAINTY_MAP_KEYS",
     "StreamingUncertaintyMaps",
+    "class_probabilities",
+    "constant_uncertainty_maps",
     "uncertainty_maps",
 ]
 
@@ -39,10 +41,60 @@ def _prepare_probs(probs: torch.Tensor, from_logits: bool, dtype: torch.dtype | 
     if not probs.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor of probabilities or logits, got {probs.dtype}.")
     probs = probs.to(dtype or torch.promote_types(probs.dtype, torch.float32))
-    if probs.shape[2] == 1:
-        fg = torch.sigmoid(probs) if from_logits else probs
-        return torch.cat([1.0 - fg, fg], dim=2)
-    return torch.softmax(probs, dim=2) if from_logits else probs
+    if from_logits:
+        return class_probabilities(probs, dim=2)
+    return torch.cat([1.0 - probs, probs], dim=2) if probs.shape[2] == 1 else probs
+
+
+def class_probabilities(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class probabilities of ``logits`` along ``dim`` in at least float32: softmax, or for a single channel the
+    sigmoid expanded to two channels ``(1 - p, p)`` (the convention of every map here).
+
+    Args:
+        logits: logits with the classes on ``dim``.
+        dim: the class axis.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if logits.shape[dim] == 1:
+        fg = torch.sigmoid(logits)
+        return torch.cat([1.0 - fg, fg], dim=dim)
+    return torch.softmax(logits, dim=dim)
+
+
+def constant_uncertainty_maps(
+    probs: torch.Tensor, keys: tuple[str, ...] | list[str] = UNCERTAINTY_MAP_KEYS, eps: float = 1e-12
+) -> dict[str, torch.Tensor]:
+    """The maps of :py:func:`uncertainty_maps` for samples that all equal ``probs`` ``(B, C, *spatial)``.
+
+    What any number of identical samples gives, without them: the mean is ``probs``, the expected entropy equals
+    the entropy, the mutual information and the variance are zero (a deterministic network, or the voxels where an
+    inferer skips sampling). Only ``keys`` are computed; every returned tensor is its own storage.
+
+    Args:
+        probs: class probabilities ``(B, C, *spatial)``, ``C >= 2``.
+        keys: which maps, from :data:`UNCERTAINTY_MAP_KEYS`.
+        eps: lower clamp of the probabilities inside the logarithm.
+    """
+    unknown = [k for k in keys if k not in UNCERTAINTY_MAP_KEYS]
+    if unknown:
+        raise ValueError(f"unknown maps {unknown}, expected some of {UNCERTAINTY_MAP_KEYS}.")
+    probs = probs.to(torch.promote_types(probs.dtype, torch.float32))
+    out: dict[str, torch.Tensor] = {}
+    if "prob" in keys:
+        out["prob"] = probs
+    if "seg" in keys:
+        out["seg"] = probs.argmax(dim=1, keepdim=True)
+    if "entropy" in keys or "expected_entropy" in keys:
+        entropy = _entropy(probs, dim=1, eps=eps)
+        if "entropy" in keys:
+            out["entropy"] = entropy
+        if "expected_entropy" in keys:
+            out["expected_entropy"] = entropy.clone() if "entropy" in keys else entropy
+    if "mutual_info" in keys:
+        out["mutual_info"] = probs.new_zeros((probs.shape[0], 1, *probs.shape[2:]))
+    if "variance" in keys:
+        out["variance"] = torch.zeros_like(probs)
+    return out
 
 
 def _entropy(probs: torch.Tensor, dim: int, eps: float) -> torch.Tensor:

@@ -187,7 +187,9 @@ class DistributionModel(ProbabilisticModel):
       window), given to the voxels where sampling is skipped.
 
     and may override ``sampling_mask(maps)`` (default ``None``: sample every voxel) and ``sample_moments(maps,
-    num_samples, generator)`` (default ``None``: the inferer folds the chunks of ``sample`` itself).
+    num_samples, generator)`` (default ``None``: the inferer folds the chunks of ``sample`` itself), and, together,
+    ``window_maps(x)`` and ``complete_maps(maps)`` (default: ``distribution`` and the identity) when fewer maps
+    blend to the same result: the inferer blends ``window_maps`` and completes only the voxels it needs.
     """
 
     sampling_kind = SamplingKind.DISTRIBUTION
@@ -202,6 +204,33 @@ class DistributionModel(ProbabilisticModel):
             f"{type(self).__name__} must implement mean_logits(maps) -> (B, C, *spatial) logits: the inferer gives it "
             "to the voxels outside a sampling region."
         )
+
+    def window_maps(self, x: torch.Tensor, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The maps the inferer blends over sliding windows; by default :py:meth:`distribution` itself.
+
+        A model whose distribution maps are, voxel by voxel, an affine function of fewer maps (the SSN's covariance
+        factor is a 1x1 convolution of the head's features) returns those instead, and :py:meth:`complete_maps`
+        finishes them after blending. Blending is a convex combination per voxel, so the pair must satisfy
+        ``complete_maps(blend(window_maps(x))) == blend(distribution(x))``. :py:meth:`mean_logits` must accept the
+        window maps too: the inferer computes the mean prediction of the whole volume from them.
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+            args: extra positional arguments, as for :py:meth:`distribution`.
+            kwargs: extra keyword arguments, as for :py:meth:`distribution`.
+        """
+        return self.distribution(x, *args, **kwargs)
+
+    def complete_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The maps of :py:meth:`distribution` from (blended) :py:meth:`window_maps`; by default ``maps`` itself.
+
+        Voxel by voxel, like :py:meth:`sampling_mask`: the inferer calls it on the whole volume, or on the voxels of
+        a region only, laid out as a ``(1, ch, V, 1[, 1])`` image.
+
+        Args:
+            maps: the (stitched) output of :py:meth:`window_maps`.
+        """
+        return maps
 
     def sampling_mask(self, maps: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Voxels ``(B, 1, *spatial)`` bool where samples can differ from :py:meth:`mean_logits`, or ``None`` (all).

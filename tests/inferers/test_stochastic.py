@@ -10,6 +10,7 @@ from torch import nn
 from monai_probseg.inferers import DeepEnsemble, FlipTTA, StochasticSlidingWindowInferer, mc_dropout
 from monai_probseg.metrics import uncertainty_maps
 from monai_probseg.networks import DistributionModel, IterativeSampler
+from monai_probseg.networks.nets import StochasticSegmentationNetwork
 
 
 class UnmaskedToy(DistributionModel):
@@ -284,3 +285,60 @@ def test_sample_roi_nonzero():
         StochasticSlidingWindowInferer((8, 8), num_samples=2, sample_roi="nonzero")(x, UnmaskedToy(2))
     with pytest.raises(ValueError, match="sample_roi"):
         StochasticSlidingWindowInferer((8, 8), sample_roi="brain")
+
+
+class _FullMapsSSN(StochasticSegmentationNetwork):
+    """The same SSN, stitched the way it was before window maps: every map of distribution() is blended."""
+
+    def window_maps(self, x, roi_mask=None):
+        return self.distribution(x, roi_mask=roi_mask)
+
+    def complete_maps(self, maps):
+        return maps
+
+
+@pytest.mark.parametrize("sample_roi", ["nonzero", None])
+def test_window_maps_blend_to_the_distribution_maps(sample_roi):
+    """The SSN's window maps (features instead of the factor) give the maps and samples of blending distribution()."""
+    kwargs = dict(rank=3, channels=(4, 8), strides=(2,), num_res_units=0, backbone_channels=6, roi_from_image=True)
+    torch.manual_seed(0)
+    net = StochasticSegmentationNetwork(3, 2, 3, **kwargs).eval()
+    ref_net = _FullMapsSSN(3, 2, 3, **kwargs).eval()
+    ref_net.load_state_dict(net.state_dict())
+    x = torch.randn(1, 2, 20, 18, 14, generator=torch.Generator().manual_seed(1))
+    x[..., 12:, :, :] = 0  # air
+    inferer = StochasticSlidingWindowInferer(
+        (12, 12, 8), overlap=0.5, num_samples=7, seed=3, keep_samples=True, sample_roi=sample_roi
+    )
+    with torch.no_grad():
+        window = net.window_maps(x)
+        assert window["factor_features"].shape[1] + 1 + 2 * 3 < 3 * (3 + 2)  # fewer channels to blend
+        maps = net.complete_maps(window)
+        direct = net.distribution(x)
+        for key in direct:
+            torch.testing.assert_close(maps[key], direct[key], atol=1e-5, rtol=1e-5)
+        out, ref = inferer(x, net), inferer(x, ref_net)
+    for key in ("prob", "entropy", "mutual_info", "variance"):
+        torch.testing.assert_close(out[key], ref[key], atol=1e-4, rtol=0)
+    assert float((out["samples"] != ref["samples"]).float().mean()) < 1e-3
+    assert float(out["variance"][..., 12:, :, :].abs().max()) == 0.0  # the air is not sampled
+
+
+def test_single_channel_networks_are_sigmoid_probabilities(image2d):
+    """One output channel is a sigmoid foreground (as in the metrics), for deterministic and distribution models."""
+    torch.manual_seed(0)
+    net = nn.Conv2d(1, 1, 3, padding=1).eval()
+    with torch.no_grad():
+        out = StochasticSlidingWindowInferer((16, 16), num_samples=2)(image2d, net)
+        ref = sliding_window_inference(image2d, (16, 16), 1, net, overlap=0.25, mode="gaussian")
+    assert out["prob"].shape[1] == 2
+    torch.testing.assert_close(out["prob"][:, 1:], torch.sigmoid(ref), atol=1e-5, rtol=0)
+    assert torch.equal(out["seg"], (ref > 0).long())
+    ssn = StochasticSegmentationNetwork(2, 1, 1, rank=2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    x = image2d.clone()
+    x[..., 12:] = 0
+    with torch.no_grad():
+        sampled = StochasticSlidingWindowInferer((16, 16), num_samples=5, seed=0, sample_roi="nonzero")(x, ssn)
+        mean = sliding_window_inference(x, (16, 16), 1, ssn, overlap=0.25, mode="gaussian")
+    torch.testing.assert_close(sampled["prob"][:, 1:, :, 12:], torch.sigmoid(mean)[..., 12:], atol=1e-5, rtol=0)
+    assert float(sampled["prob"][:, 1:, :, :12].sub(torch.sigmoid(mean)[..., :12]).abs().max()) > 1e-3

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from monai_probseg.metrics import UNCERTAINTY_MAP_KEYS, StreamingUncertaintyMaps, uncertainty_maps
+from monai_probseg.metrics import (
+    UNCERTAINTY_MAP_KEYS,
+    StreamingUncertaintyMaps,
+    class_probabilities,
+    constant_uncertainty_maps,
+    uncertainty_maps,
+)
 
 SPATIAL = [(6, 7), (3, 4, 5)]
 
@@ -121,3 +127,27 @@ def test_input_errors():
         uncertainty_maps(torch.rand(2, 3, 4, 4))
     with pytest.raises(TypeError, match="floating-point"):
         uncertainty_maps(torch.zeros(1, 2, 3, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("spatial", SPATIAL)
+def test_constant_maps_equal_the_maps_of_identical_samples(spatial):
+    probs = torch.softmax(torch.randn(2, 3, *spatial, generator=torch.Generator().manual_seed(0)), 1)
+    ref = uncertainty_maps(probs.unsqueeze(1).expand(-1, 4, -1, *spatial))
+    maps = constant_uncertainty_maps(probs)
+    assert set(maps) == set(UNCERTAINTY_MAP_KEYS)
+    for key in UNCERTAINTY_MAP_KEYS:
+        torch.testing.assert_close(maps[key], ref[key], atol=1e-6, rtol=0)
+    assert maps["entropy"].data_ptr() != maps["expected_entropy"].data_ptr()  # written into separately
+    assert set(constant_uncertainty_maps(probs, ("seg", "variance"))) == {"seg", "variance"}
+    with pytest.raises(ValueError, match="unknown maps"):
+        constant_uncertainty_maps(probs, ("samples",))
+
+
+def test_class_probabilities():
+    logits = torch.tensor([[[0.0, 2.0]], [[1.0, -1.0]]]).half()  # (2, 1, 2): one channel
+    probs = class_probabilities(logits)
+    assert probs.dtype == torch.float32 and probs.shape == (2, 2, 2)
+    torch.testing.assert_close(probs[:, 1], torch.sigmoid(logits.float()[:, 0]))
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 2))
+    many = torch.randn(2, 4, 3)
+    torch.testing.assert_close(class_probabilities(many, dim=1), torch.softmax(many, 1))

@@ -98,6 +98,10 @@ class StochasticSegmentationNetwork(DistributionModel):
         net = StochasticSegmentationNetwork(3, 4, 4, backbone=backbone, backbone_channels=16)
     """
 
+    #: voxels per chunk of :py:meth:`sampling_mask` (large operations: with several threads, small ones cost more in
+    #: dispatch than in work)
+    _MASK_STEP = 1 << 16
+
     def __init__(
         self,
         spatial_dims: int,
@@ -188,6 +192,27 @@ class StochasticSegmentationNetwork(DistributionModel):
             roi_mask = (x != 0).any(dim=1, keepdim=True)
         return self.head(self._features(x), roi_mask=roi_mask)
 
+    @torch.jit.unused
+    def window_maps(self, x: torch.Tensor, roi_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What a sliding-window inferer blends: :py:meth:`distribution` with the covariance factor left as the
+        head's features and region (:py:meth:`LowRankHead.window_maps`), about half the channels to blend.
+        :py:meth:`complete_maps` turns the blended maps (or any of their voxels) into those of
+        :py:meth:`distribution`.
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+            roi_mask: optional region of interest, see :py:meth:`distribution`.
+        """
+        if roi_mask is None and self.roi_from_image:
+            roi_mask = (x != 0).any(dim=1, keepdim=True)
+        return self.head.window_maps(self._checked_features(x), roi_mask=roi_mask)
+
+    @torch.jit.unused
+    def complete_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The maps of :py:meth:`distribution` from those of :py:meth:`window_maps`, voxel by voxel (the factor head
+        on the blended features); complete maps are returned as they are."""
+        return self.head.complete(maps)
+
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, roi_mask: torch.Tensor | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -256,7 +281,8 @@ class StochasticSegmentationNetwork(DistributionModel):
         return low_rank_moments(mean, factor, diag, num_samples, generator=generator, keep_labels=keep_labels)
 
     def mean_logits(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The best single answer from the maps of :py:meth:`distribution`: the mean logits ``(B, C, *spatial)``."""
+        """The best single answer from the maps of :py:meth:`distribution` (or :py:meth:`window_maps`): the mean
+        logits ``(B, C, *spatial)``."""
         return maps["mean"]
 
     @torch.no_grad()
@@ -294,7 +320,7 @@ class StochasticSegmentationNetwork(DistributionModel):
         flat[1] = flat[1].reshape(batch, num_classes, -1, flat[1].shape[-1])  # (B, C, R, V)
         num_voxels = flat[0].shape[-1]
         out = torch.empty((batch, 1, num_voxels), dtype=torch.bool, device=mean.device)
-        step = 1 << 14  # voxels per chunk: the chunk's temporaries stay in cache
+        step = self._MASK_STEP  # voxels per chunk
         for start in range(0, num_voxels, step):
             out[..., start : start + step] = self._sampling_mask_chunk(*(t[..., start : start + step] for t in flat))
         return out.reshape(batch, 1, *spatial)

@@ -112,3 +112,17 @@ class TestLowRankMoments(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_grouped_chunks_keep_the_random_stream(monkeypatch):
+    """Folding several chunks at once (fewer, larger operations) changes nothing: same seed, same bits."""
+    import monai_probseg.distributions as distributions
+
+    mean, factor, diag = _maps(2, 3, 4, (13, 11, 9), seed=3)  # 1287 voxels: full chunks and a partial one
+    outs = {}
+    for group in (1, 2, 5):
+        monkeypatch.setitem(distributions._FUSED_GROUP, "cpu", group)
+        outs[group] = low_rank_moments(mean, factor, diag, 6, generator=2, keep_labels=True, chunk_elements=3 * 6 * 100)
+    for group in (2, 5):
+        for key, value in outs[1].items():
+            assert torch.equal(outs[group][key], value), (group, key)

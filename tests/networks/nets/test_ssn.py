@@ -184,6 +184,40 @@ class TestStochasticSegmentationNetwork(unittest.TestCase):
             net(torch.randn(2, 1, 6, 6))
         self.assertEqual(net.num_fallbacks, 2)
 
+    @parameterized.expand([(False,), (True,)])
+    def test_window_maps_complete_to_distribution(self, diagonal):
+        """complete_maps(window_maps(x)) is distribution(x), with a region, a diagonal head and a fallback item."""
+
+        class NaNOnSecond(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(1, 5, 3, padding=1)
+
+            def forward(self, x):
+                out = self.conv(x)
+                return torch.cat([out[:1], out[1:] * float("nan")])
+
+        torch.manual_seed(0)
+        net = StochasticSegmentationNetwork(
+            2, 1, 3, rank=4, backbone=NaNOnSecond(), backbone_channels=5, diagonal=diagonal, roi_from_image=True
+        ).eval()
+        x = torch.randn(2, 1, 9, 7)
+        x[..., 5:] = 0
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            window = net.window_maps(x)
+            direct = net.distribution(x)
+        self.assertEqual("cov_factor" in window, False)
+        self.assertEqual("factor_features" in window, not diagonal)
+        maps = net.complete_maps(window)
+        self.assertEqual(set(maps), set(direct))
+        for key in direct:
+            torch.testing.assert_close(maps[key], direct[key], atol=1e-6, rtol=1e-6)
+            self.assertTrue(torch.isfinite(maps[key]).all())
+        self.assertIs(net.complete_maps(maps), maps)  # complete maps stay as they are
+        self.assertEqual(net.num_fallbacks, 2)  # the NaN item, once per call
+        torch.testing.assert_close(maps["cov_diag"][1], torch.full((3, 9, 7), 1e-5))
+
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "backbone_channels is required"):
             StochasticSegmentationNetwork(2, 1, 2, backbone=nn.Conv2d(1, 4, 1))
