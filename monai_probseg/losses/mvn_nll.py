@@ -306,9 +306,7 @@ class _LowRankLogLikelihood(torch.autograd.Function):
         for b, _, _, z, index, w, m in _voxel_chunks(mean, factor, std, eps, eta, labels, weight, step):
             for k, sign in enumerate(signs):
                 logits = m + z if sign > 0 else m - z
-                top = logits.amax(dim=0)  # logits are finite: a plain log-sum-exp, no checks for infinities
-                log_norm = (logits - top).exp_().sum(dim=0).log_().add_(top)
-                log_p = logits.gather(0, index)[0].sub_(log_norm)  # (n, v)
+                log_p = torch.log_softmax(logits, dim=0).gather(0, index)[0]  # (n, v)
                 out[b, k * num_draw : (k + 1) * num_draw] += log_p.mul_(w).sum(dim=1)
         ctx.antithetic = antithetic
         ctx.save_for_backward(mean, factor, std, eps, eta, labels, weight)
@@ -322,22 +320,27 @@ class _LowRankLogLikelihood(torch.autograd.Function):
         signs = (1.0, -1.0) if ctx.antithetic else (1.0,)
         step = _chunk_size(num_classes, num_draw, mean.device)
         need_mean, need_factor, need_std = ctx.needs_input_grad[:3]
-        grad_mean = torch.zeros_like(mean) if need_mean else None
-        grad_factor = torch.zeros_like(factor) if need_factor else None
-        grad_std = torch.zeros_like(std) if need_std else None
-        grad_out = grad_out.to(mean.dtype)
+        # every voxel chunk of each gradient is written once below: no zero fill
+        grad_mean = torch.empty_like(mean) if need_mean else None
+        grad_factor = torch.empty_like(factor) if need_factor else None
+        grad_std = torch.empty_like(std) if need_std else None
+        minus_grad_out = grad_out.to(mean.dtype).neg()
+        minus_ones = torch.full((1, num_draw, step), -1.0, dtype=mean.dtype, device=mean.device)
         for b, start, stop, z, index, w, m in _voxel_chunks(mean, factor, std, eps, eta, labels, weight, step):
             eps_t = eps[b].transpose(0, 1)  # (R, n)
-            ones = torch.ones(index.shape, dtype=mean.dtype, device=mean.device)
-            grad_z = None
+            grad_z = grad_m = None
             for k, sign in enumerate(signs):
                 logits = m + z if sign > 0 else m - z
-                g = torch.softmax(logits, dim=0).neg_()
-                g.scatter_add_(0, index, ones)  # onehot(y) - softmax
-                g.mul_(grad_out[b, k * num_draw : (k + 1) * num_draw, None] * w)  # (C, n, v) * (n, v)
+                g = torch.softmax(logits, dim=0)
+                g.scatter_add_(0, index, minus_ones[..., : stop - start])  # softmax - onehot(y)
+                # times -grad * weight: (onehot(y) - softmax) * grad * weight, (C, n, v) * (n, v)
+                g.mul_(minus_grad_out[b, k * num_draw : (k + 1) * num_draw, None] * w)
                 if grad_mean is not None:
-                    grad_mean[b, :, start:stop] += g.sum(dim=1)
+                    part = g.sum(dim=1)
+                    grad_m = part if grad_m is None else grad_m.add_(part)
                 grad_z = g if grad_z is None else grad_z.add_(g, alpha=sign)
+            if grad_mean is not None:
+                grad_mean[b, :, start:stop] = grad_m
             if grad_std is not None:
                 grad_std[b, :, start:stop] = (grad_z * eta[b, :, :, start:stop].transpose(0, 1)).sum(dim=1)
             if grad_factor is not None:

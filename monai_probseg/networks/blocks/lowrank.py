@@ -126,7 +126,7 @@ class LowRankHead(nn.Module):
         if self.cov_factor is not None:
             weights.append(self.cov_factor.weight)
             biases.append(_bias(self.cov_factor.bias, self.out_channels * self.rank, h))
-        out = self.mean._conv_forward(h, torch.cat(weights), torch.cat(biases))
+        out = _pointwise(h, torch.cat(weights), torch.cat(biases))
         c = self.out_channels
         # split, not slices: its backward concatenates the three gradients instead of zero-filling a full-size
         # gradient per slice and adding them
@@ -182,7 +182,7 @@ class LowRankHead(nn.Module):
         self._check_features(features)
         h = self.act(features)
         biases = [_bias(self.mean.bias, self.out_channels, h), _bias(self.log_cov_diag.bias, self.out_channels, h)]
-        out = self.mean._conv_forward(h, torch.cat([self.mean.weight, self.log_cov_diag.weight]), torch.cat(biases))
+        out = _pointwise(h, torch.cat([self.mean.weight, self.log_cov_diag.weight]), torch.cat(biases))
         mean, log_diag = out.split([self.out_channels, self.out_channels], dim=1)
         cov_diag = torch.exp(log_diag.clamp(self.log_diag_range[0], self.log_diag_range[1])) + self.epsilon
         roi = torch.ones_like(mean[:, :1])
@@ -286,6 +286,17 @@ class LowRankHead(nn.Module):
             )
         if roi.shape[0] not in (1, batch):
             raise ValueError(f"roi_mask has batch size {roi.shape[0]}, expected {batch} (or 1).")
+
+
+def _pointwise(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution of ``h`` ``(B, F, *spatial)`` with ``weight`` ``(O, F, 1, ...)`` and ``bias`` ``(O,)`` as one
+    batched matrix product over the flattened voxels (on CPU faster than the convolution's 1x1 path, which copies
+    the input into columns, forward and backward; the same numbers up to rounding)."""
+    batch, out_channels = h.shape[0], weight.shape[0]
+    flat = h.reshape(batch, h.shape[1], -1)
+    w = weight.reshape(1, out_channels, -1).expand(batch, -1, -1)
+    out = torch.baddbmm(bias.reshape(1, out_channels, 1).to(flat.dtype), w.to(flat.dtype), flat)
+    return out.reshape([batch, out_channels] + list(h.shape[2:]))
 
 
 def _bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,26 @@ class TestLowRankHead(unittest.TestCase):
         self.assertEqual(tuple(maps["cov_factor"].shape), (2, 12, *spatial))
         torch.testing.assert_close(maps["cov_diag"], torch.full((2, 3, *spatial), 2.0 + 1e-5))
 
+    @parameterized.expand([[2, (8, 6)], [3, (4, 5, 3)]])
+    def test_heads_are_the_three_convolutions(self, dims, spatial):
+        """The fused pointwise product equals the three 1x1 convolutions, values and gradients."""
+        torch.manual_seed(0)
+        head = LowRankHead(dims, in_channels=5, out_channels=3, rank=4)
+        features = torch.randn(2, 5, *spatial, requires_grad=True)
+        maps = head(features)
+        h = torch.relu(features)
+        ref = {
+            "mean": head.mean(h),
+            "cov_factor": head.cov_factor(h),
+            "cov_diag": torch.exp(head.log_cov_diag(h).clamp(-20.0, 10.0)) + 1e-5,
+        }
+        for key, value in ref.items():
+            torch.testing.assert_close(maps[key], value, atol=1e-5, rtol=1e-5)
+        weights = torch.randn(3)
+        grads = torch.autograd.grad(sum(w * maps[k].square().sum() for w, k in zip(weights, ref)), [features])
+        ref_grads = torch.autograd.grad(sum(w * ref[k].square().sum() for w, k in zip(weights, ref)), [features])
+        torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-4, rtol=1e-4)
+
     def test_log_diag_clamped(self):
         head = LowRankHead(2, 4, 2, rank=2, log_diag_range=(-5.0, 3.0))
         with torch.no_grad():
