@@ -20,6 +20,18 @@ from ...toy import classify_two_mode, two_mode_toy
 FEATS = 6
 
 
+class _NaNOnSecond(nn.Module):
+    """A 2D backbone whose features are NaN for every batch item but the first."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return torch.cat([out[:1], out[1:] * float("nan")])
+
+
 def _backbone(name, dims, in_channels):
     if name == "default":
         return None
@@ -160,16 +172,7 @@ class TestStochasticSegmentationNetwork(unittest.TestCase):
             self.assertGreater(float(dev[~out_s].max()), 0.1)
 
     def test_fallback_counted_and_warned(self):
-        class NaNOnSecond(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(1, 4, 3, padding=1)
-
-            def forward(self, x):
-                out = self.conv(x)
-                return torch.cat([out[:1], out[1:] * float("nan")])
-
-        net = StochasticSegmentationNetwork(2, 1, 2, rank=2, backbone=NaNOnSecond(), backbone_channels=4)
+        net = StochasticSegmentationNetwork(2, 1, 2, rank=2, backbone=_NaNOnSecond(4), backbone_channels=4)
         with self.assertWarns(RuntimeWarning):
             out = net(torch.randn(2, 1, 6, 6))
         self.assertEqual(net.num_fallbacks, 1)
@@ -188,18 +191,9 @@ class TestStochasticSegmentationNetwork(unittest.TestCase):
     def test_window_maps_complete_to_distribution(self, diagonal):
         """complete_maps(window_maps(x)) is distribution(x), with a region, a diagonal head and a fallback item."""
 
-        class NaNOnSecond(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(1, 5, 3, padding=1)
-
-            def forward(self, x):
-                out = self.conv(x)
-                return torch.cat([out[:1], out[1:] * float("nan")])
-
         torch.manual_seed(0)
         net = StochasticSegmentationNetwork(
-            2, 1, 3, rank=4, backbone=NaNOnSecond(), backbone_channels=5, diagonal=diagonal, roi_from_image=True
+            2, 1, 3, rank=4, backbone=_NaNOnSecond(5), backbone_channels=5, diagonal=diagonal, roi_from_image=True
         ).eval()
         x = torch.randn(2, 1, 9, 7)
         x[..., 5:] = 0
