@@ -131,8 +131,8 @@ def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> d
                 )
                 torch.softmax(z, 0)
 
-        def limit():  # chunks that stay in a core's cache, or fewer, larger operations: the faster of the two
-            return min(_per_sample_seconds(lambda e=e: limit_in_chunks(e), 1, repeats=1) for e in (2**17, 2**22))
+        def limit_seconds():  # chunks that stay in a core's cache, or fewer, larger operations: the faster
+            return min(_per_sample_seconds(lambda e=e: limit_in_chunks(e), num_samples) for e in (2**17, 2**22))
 
         def ours():
             return net.sample_moments(maps, num_samples, gen)
@@ -147,9 +147,11 @@ def sampler_costs(name: str, net, maps: dict, num_samples: int, chunk: int) -> d
                 z = z_mean + z_std * torch.randn(chunk * z_mean.shape[2], generator=gen).view(view)
                 torch.softmax(net.fcomb.combine(projected, z), 2)
 
+        def limit_seconds():
+            return _per_sample_seconds(limit, num_samples)
+
         ours = generic
-    limit_s = min(limit() for _ in range(2)) / num_samples if name in ("ssn", "brats_ssn") else None
-    limit_s = limit_s if limit_s is not None else _per_sample_seconds(limit, num_samples)
+    limit_s = limit_seconds()
     ours_s = _per_sample_seconds(ours, num_samples)
     previous_s = _per_sample_seconds(generic, num_samples, repeats=1)
     return {

@@ -139,13 +139,9 @@ class LowRankHead(nn.Module):
             factor = mean.new_zeros(shape)
         cov_diag = torch.exp(log_diag.clamp(self.log_diag_range[0], self.log_diag_range[1])) + self.epsilon
 
-        # safe fallback for batch items whose outputs are not finite: a non-finite value makes the item's sum
-        # non-finite, so one reduction finds the suspects, and only they get the exact element-wise check
+        # safe fallback for batch items whose outputs are not finite
         batch = mean.shape[0]
-        with torch.no_grad():
-            ok = torch.isfinite(out.reshape(batch, -1).sum(1, dtype=torch.float32))
-            if not bool(ok.all()):
-                ok = torch.isfinite(out).reshape(batch, -1).all(1)
+        ok = _finite_items([out])
         if not bool(ok.all()):
             if not torch.jit.is_scripting():
                 self._record_fallback(int((~ok).sum()), batch)
@@ -193,11 +189,7 @@ class LowRankHead(nn.Module):
             cov_diag = torch.where(roi != 0, cov_diag, torch.full_like(cov_diag, self.epsilon))
         maps = {"mean": mean, "cov_diag": cov_diag}
         batch = mean.shape[0]
-        with torch.no_grad():
-            ok = torch.isfinite(out.reshape(batch, -1).sum(1, dtype=torch.float32))
-            ok &= torch.isfinite(h.reshape(batch, -1).sum(1, dtype=torch.float32))
-            if not bool(ok.all()):
-                ok = torch.isfinite(out).reshape(batch, -1).all(1) & torch.isfinite(h).reshape(batch, -1).all(1)
+        ok = _finite_items([out, h])
         keep = ok.view([batch] + [1] * (mean.dim() - 1))
         if not bool(ok.all()):
             self._record_fallback(int((~ok).sum()), batch)
@@ -297,6 +289,21 @@ def _pointwise(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     w = weight.reshape(1, out_channels, -1).expand(batch, -1, -1)
     out = torch.baddbmm(bias.reshape(1, out_channels, 1).to(flat.dtype), w.to(flat.dtype), flat)
     return out.reshape([batch, out_channels] + list(h.shape[2:]))
+
+
+def _finite_items(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``(B,)`` bool: whether every value of each batch item of ``tensors`` is finite. A non-finite value makes the
+    item's sum non-finite, so one reduction finds the suspects, and only then the exact element-wise check runs."""
+    with torch.no_grad():
+        batch = tensors[0].shape[0]
+        ok = torch.ones(batch, dtype=torch.bool, device=tensors[0].device)
+        for t in tensors:
+            ok = ok & torch.isfinite(t.reshape(batch, -1).sum(1, dtype=torch.float32))
+        if not bool(ok.all()):
+            ok = torch.ones(batch, dtype=torch.bool, device=tensors[0].device)
+            for t in tensors:
+                ok = ok & torch.isfinite(t).reshape(batch, -1).all(1)
+    return ok
 
 
 def _bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:
