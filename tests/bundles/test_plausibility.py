@@ -23,17 +23,7 @@ from .utils import config
 SETTINGS = [
     ("brats_ssn", 2, 8),
     ("brats_prob_unet", 2, 8),
-    pytest.param(
-        "brats_diffusion",
-        1,
-        8,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="under-trained on this CPU (validation TC Dice 0.19 after 300 + 200 fine-tuning epochs): "
-            "samples hold up to 2.2x the consensus volume and WT Dice is 0.79 on this case "
-            "(benchmarks/results/plausibility3d.md)",
-        ),
-    ),
+    ("brats_diffusion", 1, 8),
 ]
 
 
