@@ -130,6 +130,30 @@ def _quality_net(path: str):
     return network.eval()
 
 
+def blend_sweep(args: argparse.Namespace, test: dict, network: torch.nn.Module) -> list[dict]:
+    """Stacking the network with the quadratic ridge: ``w * net + (1 - w) * ridge``, the ridge fitted on the training
+    part of ``train_quality.json``'s split and ``w`` judged on its validation part (the cases the network's checkpoint
+    was selected on, never trained on); the test figures are printed beside it, not used to choose."""
+    train = load_quality_dataset(args.train_data)
+    n = len(train["records"])
+    n_val = int(round(n * float(_config("train_quality.json")["val_fraction"])))
+    fit, val = slice(0, n - n_val), slice(n - n_val, n)
+    with torch.no_grad():
+        net_val = network(torch.from_numpy(train["inputs"][val]), torch.from_numpy(train["scores"][val])).numpy()
+        net_test = network(torch.from_numpy(test["inputs"]), torch.from_numpy(test["scores"])).numpy()
+    true_val, true_test = train["true_dice"][val].mean(1), test["true_dice"].mean(1)
+    rows = []
+    for alpha in (1.0, 10.0, 30.0):
+        reg = ScoreRegressor(degree=2, alpha=alpha).fit(train["scores"][fit], train["true_dice"][fit])
+        ridge_val, ridge_test = reg.predict(train["scores"][val]), reg.predict(test["scores"])
+        for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+            pred_val = (w * net_val + (1 - w) * ridge_val).mean(1)
+            m = quality_prediction_metrics((w * net_test + (1 - w) * ridge_test).mean(1), true_test, args.threshold)
+            rows.append({"ridge_alpha": alpha, "net_weight": w, "val_mae": float(np.abs(pred_val - true_val).mean()),
+                         "test_mae": m["mae"], "test_pearson": m["pearson"], "test_auroc": m["auroc"]})  # fmt: skip
+    return rows
+
+
 def _figure(path: str, true: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray, best: str) -> None:
     import matplotlib
 
@@ -179,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-data", default="", help="default outputs/<bundle>_quality/test")
     parser.add_argument("--quality-model", default="", help="default bundles/<bundle>/models/quality_model.pt")
     parser.add_argument("--generate-only", action="store_true", help="only simulate the cases (resumable)")
+    parser.add_argument(
+        "--blend-sweep", action="store_true", help="print the net + ridge stacking sweep (writes no result file)"
+    )
     parser.add_argument("--name", default="quality")
     parser.add_argument(
         "--figure",
@@ -216,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     per_region: dict[str, np.ndarray] = {}
     network = _quality_net(args.quality_model)
     args.flips = _config("inference.json")["quality"].get("flips", [[]])  # as the bundle's predictor runs it
+    if args.blend_sweep:
+        rows = blend_sweep(args, test, network)
+        print(md_table(rows, list(rows[0]), fmt="{:.4f}"))
+        return 0
     with torch.no_grad():
         x = torch.from_numpy(test["inputs"])
         s = torch.from_numpy(test["scores"])
