@@ -59,6 +59,7 @@ from monai_probseg.quality import (  # noqa: E402
     generate_quality_dataset,
     load_quality_dataset,
     predict_with_flips,
+    quality_split,
     score_names,
 )
 
@@ -130,17 +131,18 @@ def _quality_net(path: str):
     return network.eval()
 
 
-def blend_sweep(args: argparse.Namespace, test: dict, network: torch.nn.Module) -> list[dict]:
+def blend_sweep(args: argparse.Namespace, train: dict, test: dict, network: torch.nn.Module) -> list[dict]:
     """Stacking the network with the quadratic ridge: ``w * net + (1 - w) * ridge``, the ridge fitted on the training
     part of ``train_quality.json``'s split and ``w`` judged on its validation part (the cases the network's checkpoint
     was selected on, never trained on); the test figures are printed beside it, not used to choose."""
-    train = load_quality_dataset(args.train_data)
-    n = len(train["records"])
-    n_val = int(round(n * float(_config("train_quality.json")["val_fraction"])))
-    fit, val = slice(0, n - n_val), slice(n - n_val, n)
-    with torch.no_grad():
-        net_val = network(torch.from_numpy(train["inputs"][val]), torch.from_numpy(train["scores"][val])).numpy()
-        net_test = network(torch.from_numpy(test["inputs"]), torch.from_numpy(test["scores"])).numpy()
+    fit, val = (slice(r.start, r.stop) for r in quality_split(len(train["records"]), args.val_fraction))
+
+    def net(data: dict, cases: slice) -> np.ndarray:
+        x, s = torch.from_numpy(data["inputs"][cases]), torch.from_numpy(data["scores"][cases])
+        with torch.no_grad():
+            return predict_with_flips(network, x, s, args.flips).numpy()
+
+    net_val, net_test = net(train, val), net(test, slice(None))
     true_val, true_test = train["true_dice"][val].mean(1), test["true_dice"].mean(1)
     rows = []
     for alpha in (1.0, 10.0, 30.0):
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate_seconds = time.perf_counter() - start
     if args.generate_only:
         return 0
-    train = load_quality_dataset(args.train_data, with_inputs=False)
+    train = load_quality_dataset(args.train_data, with_inputs=args.blend_sweep)
     test = load_quality_dataset(args.test_data)
     names = score_names(BRATS_REGIONS)
     true = test["true_dice"].mean(1)
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     network = _quality_net(args.quality_model)
     args.flips = _config("inference.json")["quality"].get("flips", [[]])  # as the bundle's predictor runs it
     if args.blend_sweep:
-        rows = blend_sweep(args, test, network)
+        args.val_fraction = float(_config("train_quality.json")["val_fraction"])
+        rows = blend_sweep(args, train, test, network)
         print(md_table(rows, list(rows[0]), fmt="{:.4f}"))
         return 0
     with torch.no_grad():

@@ -16,6 +16,7 @@ from .data import (
     load_quality_dataset,
     quality_datalist,
     quality_net_inputs,
+    quality_split,
     score_names,
     score_statistics,
     score_vector,

@@ -42,6 +42,7 @@ __all__ = [
     "generate_quality_dataset",
     "load_quality_dataset",
     "quality_datalist",
+    "quality_split",
     "quality_net_inputs",
     "score_statistics",
     "score_names",
@@ -326,17 +327,10 @@ def quality_datalist(
     """
     if section not in ("training", "validation", "all"):
         raise ValueError(f"section must be 'training', 'validation' or 'all', got {section!r}.")
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
     data = load_quality_dataset(folder)
     n = len(data["records"])
-    n_val = int(round(n * float(val_fraction)))
-    if section == "training":
-        index = range(n - n_val)
-    elif section == "validation":
-        index = range(n - n_val, n)
-    else:
-        index = range(n)
+    training, validation = quality_split(n, val_fraction)
+    index = {"training": training, "validation": validation, "all": range(n)}[section]
     return [
         {
             "image": data["inputs"][i],
@@ -346,6 +340,15 @@ def quality_datalist(
         }
         for i in index
     ]
+
+
+def quality_split(num_cases: int, val_fraction: float = 0.2) -> tuple[range, range]:
+    """The ``(training, validation)`` index ranges of :func:`quality_datalist`: the last ``val_fraction`` of the
+    ``num_cases`` cases (sorted by name) validate, the others train."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+    n_val = int(round(num_cases * float(val_fraction)))
+    return range(num_cases - n_val), range(num_cases - n_val, num_cases)
 
 
 def score_statistics(items: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:

@@ -185,3 +185,14 @@ def test_generate_load_and_datalist(tmp_path):
     other = UNet(3, 4, 4, channels=(4, 8), strides=(2,), num_res_units=0).eval()
     with pytest.raises(ValueError, match="other stage-1 weights"):
         generate_quality_dataset(other, inferer, tmp_path, 2, seed=5, **kwargs)
+
+
+def test_quality_split():
+    """The last val_fraction of the cases validate: 400 cases at 0.2 -> 320 + 80 (train_quality.json's split)."""
+    from monai_probseg.quality import quality_split
+
+    training, validation = quality_split(400, 0.2)
+    assert (training, validation) == (range(320), range(320, 400))
+    assert quality_split(5, 0.0) == (range(5), range(5, 5))
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
+        quality_split(5, 1.0)
