@@ -73,6 +73,9 @@ SINGLE_SCORES = (
     "ged_to_mean",
     "uncertainty_volume_ratio",
 )
+HEALTHY_START = 10000  # index of the first healthy test case
+#: "all" is every test case with a tumour (the targets are judged on it); the healthy brains are reported apart
+SUBSETS = ("all", "clean", "seen", "held-out", "healthy", "all + healthy")
 COLUMNS = ["method", "subset", "pearson", "spearman", "mae", "auroc", "aurc", "num_cases", "num_failures"]
 
 
@@ -100,6 +103,48 @@ def _stage1(num_samples: int):
     return network.eval(), inferer
 
 
+def _group(meta: dict) -> str:
+    if meta.get("variant") == "healthy":
+        return "healthy"
+    if meta["corruption"] == "none":
+        return "clean"
+    return "seen" if meta["corruption"] in SEEN_CORRUPTIONS else "held-out"
+
+
+def _healthy_summary(predicted: np.ndarray, true: np.ndarray, groups: np.ndarray, threshold: float) -> dict:
+    """On the brains without tumour: how often a right (empty) result is flagged, and a false tumour is caught."""
+    healthy = groups == "healthy"
+    empty, found = healthy & (true >= 1.0), healthy & (true < threshold)
+    return {
+        "num_cases": int(healthy.sum()),
+        "empty_segmentation": int(empty.sum()),
+        "empty_flagged": int((empty & (predicted < threshold)).sum()),
+        "false_tumour": int(found.sum()),
+        "false_tumour_flagged": int((found & (predicted < threshold)).sum()),
+    }
+
+
+def _healthy_lines(rows: list[dict], summary: dict, best: str) -> list[str]:
+    if not summary["num_cases"]:
+        return []
+    return [
+        "## Brains without tumour",
+        "",
+        f"{summary['num_cases']} healthy phantoms (the same mix of clean, seen and held-out corruptions). The true "
+        "Dice is 1 when stage 1 segments nothing (both masks empty) and 0 in a region where it finds a tumour. Stage 1 "
+        f"segmented nothing in {summary['empty_segmentation']} of them; SegmentationQualityNet flagged "
+        f"{summary['empty_flagged']} of these (false alarms). It found a false tumour (true mean Dice < threshold) in "
+        f"{summary['false_tumour']}; {summary['false_tumour_flagged']} of these were flagged.",
+        "",
+        md_table(
+            [r for r in rows if r["subset"] in SUBSETS[4:] and r["method"] in ("SegmentationQualityNet", best)],
+            COLUMNS,
+            fmt="{:.3f}",
+        ),
+        "",
+    ]
+
+
 def _plan(index: int) -> str:
     """Clean, seen and held-out corruptions in turn."""
     group = index % 3
@@ -116,12 +161,18 @@ def generate(args: argparse.Namespace) -> None:
     train_cases, train_seed = int(train["num_cases"]), int(train["phantom_seed"])
     generate_quality_dataset(
         network, inferer, args.train_data, train_cases, train_seed, spatial_size=tuple(train["phantom_size"]),
-        corruptions=SEEN_CORRUPTIONS, clean_fraction=float(train["clean_fraction"]), progress=False,
+        corruptions=SEEN_CORRUPTIONS, clean_fraction=float(train["clean_fraction"]),
+        healthy_fraction=float(train["healthy_fraction"]), progress=False,
     )  # fmt: skip
     for index in range(args.cases):
         generate_quality_dataset(
             network, inferer, args.test_data, 1, args.seed, start=index, spatial_size=size, corruption=_plan(index),
             progress=False,
+        )  # fmt: skip
+    for k in range(args.healthy_cases):  # brains without tumour, the same mix of corruptions, after the others
+        generate_quality_dataset(
+            network, inferer, args.test_data, 1, args.seed, start=HEALTHY_START + k, spatial_size=size,
+            corruption=_plan(k), variant="healthy", progress=False,
         )  # fmt: skip
 
 
@@ -174,7 +225,7 @@ def _figure(path: str, true: np.ndarray, predictions: dict[str, np.ndarray], gro
     ax.set_ylabel("mean true Dice of the kept cases")
     ax.set_title("risk-coverage: flagged cases removed first")
     ax.legend(fontsize=8)
-    colours = {"clean": "tab:green", "seen": "tab:blue", "held-out": "tab:red"}
+    colours = {"clean": "tab:green", "seen": "tab:blue", "held-out": "tab:red", "healthy": "tab:purple"}
     for ax, name in zip(axes[1:], ("SegmentationQualityNet", best)):
         for group, colour in colours.items():
             keep = groups == group
@@ -198,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=90)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=200)
+    parser.add_argument(
+        "--healthy-cases", type=int, default=30, help="test brains without tumour, reported as their own group"
+    )
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--bundle", default="brats_ssn", help="the stage-1 bundle (it ships a quality model)")
@@ -233,14 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     test = load_quality_dataset(args.test_data)
     names = score_names(BRATS_REGIONS)
     true = test["true_dice"].mean(1)
-    groups = np.array(
-        [
-            "clean"
-            if r["meta"]["corruption"] == "none"
-            else ("seen" if r["meta"]["corruption"] in SEEN_CORRUPTIONS else "held-out")
-            for r in test["records"]
-        ]
-    )
+    groups = np.array([_group(r["meta"]) for r in test["records"]])
+    tumour = groups != "healthy"
     predictions: dict[str, np.ndarray] = {}
     per_region: dict[str, np.ndarray] = {}
     network = _quality_net(args.quality_model)
@@ -267,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method, pred in per_region.items():
         predictions[method] = pred.mean(1)
-        for subset in ("all", "clean", "seen", "held-out"):
-            keep = np.ones_like(true, dtype=bool) if subset == "all" else groups == subset
+        for subset in SUBSETS if (~tumour).any() else SUBSETS[:4]:
+            keep = {"all": tumour, "all + healthy": np.ones_like(tumour)}.get(subset, groups == subset)
             m = quality_prediction_metrics(predictions[method][keep], true[keep], args.threshold)
             rows.append({"method": method, "subset": subset, **m})
     region_rows = []
     for method in ("SegmentationQualityNet", "ridge (all scores)"):
         for r, region in enumerate(BRATS_REGIONS):
-            m = quality_prediction_metrics(per_region[method][:, r], test["true_dice"][:, r], args.threshold)
+            m = quality_prediction_metrics(per_region[method][tumour, r], test["true_dice"][tumour, r], args.threshold)
             region_rows.append({"method": method, "subset": f"region {region}", **m})
     baselines = [r for r in rows if r["subset"] == "all" and r["method"] != "SegmentationQualityNet"]
     best = max(baselines, key=lambda r: r["pearson"])["method"]
@@ -291,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "num_train_cases": len(train["records"]),
         "stage1_fingerprint": test["records"][0]["meta"].get("stage1_fingerprint"),
-        "test_groups": {g: int((groups == g).sum()) for g in ("clean", "seen", "held-out")},
+        "test_groups": {g: int((groups == g).sum()) for g in ("clean", "seen", "held-out", "healthy")},
+        "healthy": _healthy_summary(predictions["SegmentationQualityNet"], true, groups, args.threshold),
         "test_corruptions": {c: int(sum(r["meta"]["corruption"] == c for r in test["records"])) for c in set(
             r["meta"]["corruption"] for r in test["records"])},
         "out_of_distribution_cases": out_of_distribution,
@@ -314,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     all_rows = [r for r in rows if r["subset"] == "all"]
     lines = [
-        f"# Segmentation-quality prediction on {len(true)} held-out phantoms ({args.size}^3, seed {args.seed})",
+        f"# Segmentation-quality prediction on {int(tumour.sum())} held-out phantoms ({args.size}^3, seed {args.seed})"
+        + (f" and {int((~tumour).sum())} brains without tumour" if (~tumour).any() else ""),
         "",
         f"`python benchmarks/bench_quality.py {cmd}`".replace(" `", "`"),
         "",
@@ -327,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "the training cases. Lower is better for MAE and AURC (the oracle's AURC is "
         f"{net_all['aurc_optimal']:.3f}).",
         "",
-        "## All test cases",
+        "## All test cases with a tumour (the targets are judged here)",
         "",
         md_table(all_rows, COLUMNS, fmt="{:.3f}"),
         "",
@@ -339,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "## By corruption group",
         "",
         md_table(
-            [r for r in rows if r["subset"] != "all" and r["method"] in ("SegmentationQualityNet", best)],
+            [r for r in rows if r["subset"] in SUBSETS[1:4] and r["method"] in ("SegmentationQualityNet", best)],
             COLUMNS,
             fmt="{:.3f}",
         ),
@@ -348,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         md_table(region_rows, COLUMNS, fmt="{:.3f}"),
         "",
+        *_healthy_lines(rows, results["healthy"], best),
         f"Figure: `{os.path.relpath(figure, REPO)}` (risk-coverage; predicted vs true mean Dice). Wall time "
         f"{results['seconds']:.0f} s, of which {simulate_seconds:.0f} s simulating cases not already on disk (cases on "
-        "disk are reused; simulating one costs about 2.5 s of stage-1 inference on an idle core, 5-9 s on the "
-        f"shared 2-core machine: {len(train['records']) + len(test['records'])} cases took about 45 minutes there, "
-        "and train_quality.json about 32 minutes more). Machine: "
+        "disk are reused; simulating one costs about 2.5 s of stage-1 inference on an idle core, more on a busy one). "
+        "Machine: "
         f"{results['machine']['processor']}, {results['machine']['torch_threads']} threads.",
     ]
     json_path, md_path = write_results(args.name, results, "\n".join(lines))

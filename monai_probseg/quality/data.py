@@ -59,7 +59,10 @@ TUMOUR_VARIANTS: dict[str, dict[str, Any]] = {
     "small": {"tumour_size": (0.05, 0.1)},
     "large": {"tumour_size": (0.34, 0.5)},
     "no_enhancing": {"no_enhancing_prob": 1.0},
+    "healthy": {"healthy": True},
 }
+#: the variants drawn for a case with a tumour (besides ``"typical"``), in draw order
+_TUMOUR_DRAWS = ("small", "large", "no_enhancing")
 
 
 def quality_net_inputs(
@@ -142,15 +145,19 @@ def simulate_quality_case(
     spatial_size: Sequence[int] = (64, 64, 64),
     corruptions: Sequence[str] = SEEN_CORRUPTIONS,
     clean_fraction: float = 0.25,
+    healthy_fraction: float = 0.0,
     regions: Mapping[str, Sequence[int]] = BRATS_REGIONS,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """One phantom, corrupted, segmented by the stage-1 ``network`` with ``inferer``; everything depends on
     ``(seed, index)`` only.
 
-    Unless given, the case draws its tumour variant (:data:`TUMOUR_VARIANTS`, typical half of the time), whether it is
-    corrupted (probability ``1 - clean_fraction``), the corruption (uniformly from ``corruptions``) and the severity
-    (uniform in ``[0.2, 1]``).
+    Unless given, the case draws its tumour variant (:data:`TUMOUR_VARIANTS`: typical half of the time, otherwise small,
+    large or non-enhancing; ``"healthy"``, a brain without tumour, with probability ``healthy_fraction`` from a
+    separate random stream, so the other cases do not change with it), whether it is corrupted (probability
+    ``1 - clean_fraction``), the corruption (uniformly from ``corruptions``) and the severity (uniform in ``[0.2, 1]``).
+    A healthy case teaches the quality model that a confident empty segmentation is right (true Dice 1, both masks
+    empty) and that tumour found in a healthy brain is a failure (Dice 0).
 
     Args:
         network: stage-1 network with its weights, in eval mode.
@@ -164,6 +171,7 @@ def simulate_quality_case(
         spatial_size: phantom size.
         corruptions: the corruptions drawn from.
         clean_fraction: probability of an uncorrupted case when drawing.
+        healthy_fraction: probability of a healthy brain when drawing the variant.
         regions: regions scored.
         device: where the network runs.
 
@@ -173,9 +181,11 @@ def simulate_quality_case(
         ``brain``, ``scores`` (:py:func:`~monai_probseg.metrics.quality_scores`), ``true_dice`` (region -> Dice) and
         ``meta`` (seed, index, variant, corruption and its parameters).
     """
-    rng = np.random.default_rng([int(seed), int(index), 7])
-    if variant is None:
-        variant = "typical" if rng.random() < 0.5 else str(rng.choice(list(TUMOUR_VARIANTS)[1:]))
+    if not 0.0 <= float(healthy_fraction) <= 1.0:
+        raise ValueError(f"healthy_fraction must be in [0, 1], got {healthy_fraction!r}.")
+    rng = _case_rng(seed, index)
+    drawn = _draw_variant(rng, seed, index, healthy_fraction)  # drawn always: the later draws do not depend on variant
+    variant = drawn if variant is None else variant
     if variant not in TUMOUR_VARIANTS:
         raise ValueError(f"variant must be one of {tuple(TUMOUR_VARIANTS)}, got {variant!r}.")
     if corruption is None:
@@ -215,6 +225,18 @@ def simulate_quality_case(
     }
 
 
+def _case_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index), 7])
+
+
+def _draw_variant(rng: np.random.Generator, seed: int, index: int, healthy_fraction: float) -> str:
+    """The tumour variant of case ``(seed, index)``: one draw of the case's ``rng``; healthy from a separate stream."""
+    variant = "typical" if rng.random() < 0.5 else str(rng.choice(list(_TUMOUR_DRAWS)))
+    if np.random.default_rng([int(seed), int(index), 11]).random() < float(healthy_fraction):
+        variant = "healthy"
+    return variant
+
+
 def weights_fingerprint(network: torch.nn.Module) -> str:
     """A short SHA-256 of a network's state dict (names, shapes and values, in name order): which stage-1 weights made
     a quality case. Cases made with other weights than the current ones are stale (the quality model must be
@@ -243,7 +265,8 @@ def generate_quality_dataset(
     ``<out_dir>/case_<seed>_<index>.npz`` (``inputs`` of :func:`quality_net_inputs` at ``input_size`` in float16,
     ``scores`` as :func:`score_vector`, ``true_dice`` in region order) plus ``<out_dir>/case_<seed>_<index>.json``
     (scores, true Dice and meta, with the stage-1 :func:`weights_fingerprint`). Cases already on disk are skipped, so
-    an interrupted run resumes; a case made with other stage-1 weights raises a ``ValueError`` (use a fresh folder).
+    an interrupted run resumes; a case made with other stage-1 weights raises a ``ValueError`` (use a fresh folder);
+    a case whose tumour variant changed (e.g. another ``healthy_fraction``) is simulated again and replaced.
 
     Returns:
         ``out_dir``.
@@ -257,13 +280,19 @@ def generate_quality_dataset(
         name = f"case_{seed}_{index:05d}"
         if os.path.exists(os.path.join(out_dir, name + ".json")):
             with open(os.path.join(out_dir, name + ".json")) as f:
-                made_with = json.load(f)["meta"].get("stage1_fingerprint")
+                recorded = json.load(f)["meta"]
+            made_with = recorded.get("stage1_fingerprint")
             if made_with != fingerprint:
                 raise ValueError(
                     f"{name} in {out_dir!r} was made with other stage-1 weights (fingerprint {made_with}, now "
                     f"{fingerprint}): use a fresh folder, and retrain the quality model on it."
                 )
-            continue
+            expected = case_kwargs.get("variant") or _draw_variant(
+                _case_rng(seed, index), seed, index, case_kwargs.get("healthy_fraction", 0.0)
+            )
+            if recorded.get("variant") == expected:
+                continue
+            logger.info("%s: simulated again as %s (it was %s)", name, expected, recorded.get("variant"))
         case = simulate_quality_case(network, inferer, seed, index, **case_kwargs)
         x = quality_net_inputs(
             case["image"][None], case["prob"][None], case["entropy"][None], case["mutual_info"][None], input_size

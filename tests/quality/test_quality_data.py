@@ -187,6 +187,45 @@ def test_generate_load_and_datalist(tmp_path):
         generate_quality_dataset(other, inferer, tmp_path, 2, seed=5, **kwargs)
 
 
+def test_healthy_fraction_draws_healthy_brains_and_leaves_the_other_cases_alone(tmp_path):
+    """healthy_fraction has its own random stream: the other cases keep their variants; a cached case whose variant
+    changed is simulated again; a healthy brain segmented as empty has true Dice 1 in every region."""
+    from monai_probseg.quality.data import _case_rng, _draw_variant
+
+    def variants(fraction):
+        return [_draw_variant(_case_rng(100, i), 100, i, fraction) for i in range(200)]
+
+    none, some, every = variants(0.0), variants(0.2), variants(1.0)
+    assert "healthy" not in none and set(every) == {"healthy"}
+    assert 20 <= some.count("healthy") <= 60
+    assert all(a == b for a, b in zip(none, some) if b != "healthy")
+
+    from monai_probseg.quality import generate_quality_dataset, load_quality_dataset
+
+    class Empty(torch.nn.Module):  # segments nothing, confidently
+        def forward(self, x):
+            out = torch.full((x.shape[0], 4, *x.shape[2:]), -20.0)
+            out[:, 0] = 20.0
+            return out
+
+    from monai_probseg.inferers import StochasticSlidingWindowInferer
+
+    inferer = StochasticSlidingWindowInferer(
+        roi_size=(16, 16, 16), num_samples=2, outputs=("prob", "entropy", "mutual_info"), keep_samples=True, seed=0
+    )
+    kwargs = {"spatial_size": (24, 24, 24), "input_size": (8, 8, 8), "progress": False, "corruption": "none"}
+    net = Empty().eval()
+    first = [i for i, v in enumerate(variants(0.2)) if v == "healthy"][0]
+    generate_quality_dataset(net, inferer, tmp_path, 1, seed=100, start=first, **kwargs)
+    assert load_quality_dataset(tmp_path)["records"][0]["meta"]["variant"] == none[first]
+    generate_quality_dataset(net, inferer, tmp_path, 1, seed=100, start=first, healthy_fraction=0.2, **kwargs)
+    data = load_quality_dataset(tmp_path)
+    assert len(data["records"]) == 1 and data["records"][0]["meta"]["variant"] == "healthy"
+    np.testing.assert_array_equal(data["true_dice"], np.ones((1, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="healthy_fraction"):
+        generate_quality_dataset(net, inferer, tmp_path / "x", 1, seed=1, healthy_fraction=2.0, **kwargs)
+
+
 def test_quality_split():
     """The last val_fraction of the cases validate: 400 cases at 0.2 -> 320 + 80 (train_quality.json's split)."""
     from monai_probseg.quality import quality_split

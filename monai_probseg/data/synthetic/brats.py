@@ -116,6 +116,7 @@ def brats_phantom(
     tumour_size: Sequence[float] = (0.12, 0.34),
     no_enhancing_prob: float = 0.2,
     max_satellites: int = 2,
+    healthy: bool = False,
 ) -> dict[str, Any]:
     """Generate one skull-stripped multimodal brain-tumour phantom in memory (see the module docstring).
 
@@ -140,6 +141,9 @@ def brats_phantom(
             drawn log-uniformly.
         no_enhancing_prob: probability of a tumour with no enhancing part (BraTS has such cases).
         max_satellites: at most this many satellite lesions (0 for none).
+        healthy: a brain without tumour: the same random draws (anatomy, acquisition, and the tumour's parameters,
+            reported in ``"params"``), but no lesion is rendered and every segmentation is 0. A stage-1 model
+            should segment nothing, and a quality predictor should rate a confident empty result as good.
 
     Returns:
         a dict with
@@ -243,14 +247,14 @@ def brats_phantom(
     for m in range(4):
         img = image[m]
         sub = img[box]
-        for w in sat_w:
+        for w in sat_w if not healthy else ():  # the lesion layers draw nothing at random: skipping keeps the stream
             sub += w * (tissue["edema"][m] - sub)
         if enhancing:
             ring = tissue["enhancing"][m] * (enhancement if m == 1 else 1.0)
             layers = ((tissue["edema"][m], edema_w), (ring, core_w), (tissue["necrosis"][m], necrosis_w))
         else:
             layers = ((tissue["edema"][m], edema_w), (tissue["nonenhancing"][m], core_w))
-        for value, w in layers:
+        for value, w in layers if not healthy else ():
             sub += w * (np.float32(value) - sub)
         img *= np.exp(bias_level * smooth_field(size, 3, rng))
         sigma = np.float32(noise_level)
@@ -301,6 +305,8 @@ def brats_phantom(
     seg[box] = majority_vote(raters[(slice(None), *box)], tie_break=nominal_box, num_labels=4)
     nominal = np.zeros(size, dtype=np.uint8)
     nominal[box] = nominal_box
+    if healthy:
+        seg[:], raters[:], nominal[:] = 0, 0, 0
 
     affine = np.eye(4)
     affine[:3, 3] = -center
@@ -319,6 +325,7 @@ def brats_phantom(
             "tumour_size_fraction": size_fraction,
             "core_axes": core_axes.tolist(),
             "edema_axes": edema_axes.tolist(),
+            "healthy": bool(healthy),
             "enhancing": enhancing,
             "necrosis_fraction": rho,
             "enhancement": enhancement,

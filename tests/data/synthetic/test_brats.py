@@ -81,6 +81,20 @@ def test_determinism():
     assert not np.array_equal(a["seg"], c["seg"])
 
 
+def test_healthy_brain_is_the_same_case_without_its_tumour():
+    """Same draws (acquisition, anatomy, noise), no lesion: only the tumour's neighbourhood differs, labels are 0."""
+    sick = brats_phantom((32, 32, 32), 2, seed=5)
+    healthy = brats_phantom((32, 32, 32), 2, seed=5, healthy=True)
+    assert healthy["params"]["healthy"] and not sick["params"]["healthy"]
+    assert healthy["params"]["tumour_center"] == sick["params"]["tumour_center"]
+    for key in ("seg", "raters", "nominal"):
+        assert not healthy[key].any()
+    assert sick["seg"].any()
+    np.testing.assert_array_equal(healthy["brain"], sick["brain"])
+    same = np.isclose(healthy["image"], sick["image"]).all(0)
+    assert same[sick["seg"] == 0].mean() > 0.8 and not same[sick["seg"] > 0].all()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
