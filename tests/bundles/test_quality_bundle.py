@@ -46,8 +46,10 @@ def test_config_saves_outside_models_and_shipped_weights_fit(bundle):
 
 
 #: healthy test brains (phantom seed 300, clean, 64^3; unseen by both stages) on which each bundle's stage 1 segments
-#: nothing, and one on which it finds a false tumour
-HEALTHY_CASES = {"brats_ssn": {"empty": 1, "false_tumour": 3}, "brats_prob_unet": {"empty": 1, "false_tumour": 3}}
+#: nothing, and one on which it finds a false tumour. brats_prob_unet's stage 1 finds a false tumour in most healthy
+#: brains (28 of the 30 of its benchmark), so its quality model saw too few right empty results to trust one (its
+#: README says so): only its false tumour is tested.
+HEALTHY_CASES = {"brats_ssn": {"empty": 1, "false_tumour": 3}, "brats_prob_unet": {"false_tumour": 3}}
 
 
 @pytest.mark.parametrize("bundle", QUALITY_BUNDLES)
