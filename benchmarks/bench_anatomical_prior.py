@@ -245,7 +245,9 @@ def run_dims(dims: int, args, rng) -> tuple[list[dict], dict, dict]:
     else:
         prior = build_prior(dims, args)
         times["prior_train_s"] = train_prior(prior, prior_data["label"], dims, args, rng)
-        unsup = AnatomicalPriorSegmentation(dims, 1, 4, prior, intensity_posterior=True)
+        unsup = AnatomicalPriorSegmentation(
+            dims, 1, 4, prior, intensity_posterior=True, bias_field_order=args.bias_order
+        )
         times["unsup_train_s"] = train_unsupervised(unsup, train["image"], dims, args, rng)
         source = f"trained here ({args.prior_iters} prior + {args.unsup_iters} unsupervised iterations)"
     rows.append(
@@ -260,6 +262,17 @@ def run_dims(dims: int, args, rng) -> tuple[list[dict], dict, dict]:
         summarise("  ablation: prior decoder alone p(s|z)", dice_per_tissue(predict(unsup, test["image"]), label))
     )
     unsup.intensity_posterior = True
+
+    if not use_bundle:  # how detailed the prior itself is: its reconstruction of the true test label maps
+        prior.eval()
+        with torch.no_grad():
+            recon = torch.cat(
+                [
+                    prior.reconstruct(test["label"][i : i + 8].long(), sample=False)["logits"].argmax(1)
+                    for i in range(0, len(label), 8)
+                ]
+            )
+        rows.append(summarise("  ceiling: prior's reconstruction of the true label", dice_per_tissue(recon, label)))
 
     unet = build_unet(dims)
     times["unet_train_s"] = train_unet(unet, train["image"], train["label"], dims, args, rng)
@@ -330,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-iters", type=int, default=1000)
     parser.add_argument("--unsup-iters", type=int, default=600)
     parser.add_argument("--unet-iters", type=int, default=400)
+    parser.add_argument(
+        "--bias-order", type=int, default=0, help="unsupervised model trained here: bias field DCT order (0: none)"
+    )
     parser.add_argument("--train3d", action="store_true", help="train the 3D models here, not the bundle's")
     parser.add_argument("--model3d", default="", help="3D unsupervised weights (default: the bundle's model.pt)")
     parser.add_argument("--threads", type=int, default=1)

@@ -98,7 +98,7 @@ logger = logging.getLogger("bench_lesions2d")
 
 MODELS = ("unet", "mc_dropout", "ensemble", "flip_tta", "prob_unet", "ssn", "ssn_meance", "diffusion", "mose")
 # options added after results were first written, with the value those older results were made with
-ADDED_ARGS = {"mc_samples": 20, "mean_ce_weight": 0.0, "latent_dim": 6, "test_seed": 1000}
+ADDED_ARGS = {"mc_samples": 20, "mean_ce_weight": 0.0, "latent_dim": 6, "test_seed": 1000, "mose_gate_pooling": "mean"}
 REPEATED = ("mc_dropout", "ensemble", "flip_tta")  # samples are full passes of networks
 LEARNING_RATES = {"unet": 1e-3, "prob_unet": 1e-3, "ssn": 1e-3, "diffusion": 3e-4, "mose": 1e-3}
 
@@ -166,6 +166,7 @@ def build(
             samples_per_expert=options.get("mose_samples", 4),
             channels=channels,
             strides=strides,
+            gate_pooling=options.get("mose_gate_pooling", "mean"),
         )
         loss = MoSELoss(gamma=options.get("mose_gamma", 0.5), solver=options.get("mose_solver", "sinkhorn"))
         return net, loss, LEARNING_RATES["mose"]
@@ -391,6 +392,7 @@ def _options(args) -> dict:
         "mose_samples": args.mose_samples,
         "mose_gamma": args.mose_gamma,
         "mose_solver": args.mose_solver,
+        "mose_gate_pooling": args.mose_gate_pooling,
     }
 
 
@@ -430,6 +432,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--mose-rank", type=int, default=4, help="mose: rank of each expert's covariance factor")
     parser.add_argument("--mose-samples", type=int, default=4, help="mose: training samples per expert")
     parser.add_argument("--mose-gamma", type=float, default=0.5, help="mose: capacity of a sample in the OT plan")
+    parser.add_argument(
+        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean", help="mose: the gate's pooling"
+    )
     parser.add_argument("--mose-solver", choices=("exact", "sinkhorn"), default="sinkhorn", help="mose: OT solver")
     parser.add_argument("--save-dir", default=None, help="save each trained model's state_dict here")
     parser.add_argument("--threads", type=int, default=1)

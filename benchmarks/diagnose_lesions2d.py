@@ -16,6 +16,9 @@ Loads weights saved by ``bench_lesions2d.py --save-dir`` and, on the same held-o
   in nats, per latent dimension), ``kl_top_dim_share`` (the share of the KL in the dimension that carries most)
   and ``posterior_over_prior_sigma_top_dim`` (median posterior / prior standard deviation in that dimension): how
   the latent space encodes the annotators' choices;
+- for the Mixture of Stochastic Experts, ``ged_expert_means``: the same expert choices with each sample replaced by
+  its expert's noise-free mask (``argmax mu_k``), i.e. what the experts' low-rank noise adds to the GED, and
+  ``expert_mean_mode_iou``: the gate-weighted IoU of each expert's noise-free mask with its nearest true mode;
 - ``empty_rate_model`` and ``empty_rate_true``: over the cases where some annotators may see no lesion, the mean
   fraction of samples whose nearest mode is the empty mask, and the mean true probability of that mode.
 
@@ -56,6 +59,7 @@ from bench_lesions2d import build, case_groups, draw, evaluate, mode_ious, norma
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
+from monai_probseg.networks.nets import gate_weights  # noqa: E402
 
 # the diagnosis columns that summarize_lesions2d.py adds to each run's row
 DIAGNOSIS_COLUMNS = (
@@ -69,6 +73,8 @@ DIAGNOSIS_COLUMNS = (
     "posterior_recon_iou",
     "kl_top_dim_share",
     "posterior_over_prior_sigma_top_dim",
+    "ged_expert_means",
+    "expert_mean_mode_iou",
 )
 
 
@@ -132,15 +138,35 @@ def diagnose(name, net, cases, num_samples, seed):
         out["kl_top_dim_share"] = float(kl_per_dim[main_dim] / kl_per_dim.sum())
         out["posterior_over_prior_sigma_top_dim"] = float(torch.cat(sigma_ratio)[:, main_dim].median())
         out["ged_posterior_recon"] = evaluate(torch.stack(recon_draws), annotations)["ged"]
+    if name == "mose":
+        maps = net.distribution(x)
+        mean, _, _ = net._split(maps)
+        expert_masks = mean.argmax(2)  # (B, K, H, W)
+        experts = net.choose_experts(maps, num_samples, torch.Generator().manual_seed(seed))
+        out["ged_expert_means"] = evaluate(
+            expert_masks.gather(1, experts[..., None, None].expand(-1, -1, *expert_masks.shape[2:])), annotations
+        )["ged"]
+        weights = gate_weights(maps)
+        out["expert_mean_mode_iou"] = float(
+            np.mean(
+                [
+                    float((mode_ious(expert_masks[i], modes[i]).max(1).values * weights[i]).sum())
+                    for i in range(len(cases))
+                ]
+            )
+        )
     return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=["prob_unet", "ssn"])
+    parser.add_argument("--model", required=True, choices=["prob_unet", "ssn", "mose"])
     parser.add_argument("--weights", required=True, help="state_dict saved by bench_lesions2d.py --save-dir")
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--latent-dim", type=int, default=6, help="PU-Net latent dimension the weights were made with")
+    parser.add_argument(
+        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean", help="mose: the gate's pooling"
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--test-cases", type=int, default=32)
     parser.add_argument("--samples", type=int, default=100)
@@ -152,7 +178,9 @@ def main(argv=None) -> dict:
         parser.error(f"--weights {args.weights}: no such file (save one with bench_lesions2d.py --save-dir).")
     torch.set_num_threads(args.threads)
     command = f"python benchmarks/diagnose_lesions2d.py {' '.join(argv if argv is not None else sys.argv[1:])}"
-    net, _, _ = build(args.model, tuple(args.channels), latent_dim=args.latent_dim)
+    net, _, _ = build(
+        args.model, tuple(args.channels), latent_dim=args.latent_dim, mose_gate_pooling=args.mose_gate_pooling
+    )
     try:
         net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     except RuntimeError as e:

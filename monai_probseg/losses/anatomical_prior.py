@@ -216,6 +216,7 @@ class AnatomicalPriorELBOLoss(_Loss):
         intensity_mean: torch.Tensor,
         intensity_log_var: torch.Tensor,
         target: torch.Tensor | None = None,
+        log_bias: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """
         Args:
@@ -228,6 +229,10 @@ class AnatomicalPriorELBOLoss(_Loss):
             intensity_log_var: ``(C, ch)`` intensity log-variances per label and channel.
             target: label map ``(B, 1, *spatial)`` or ``(B, *spatial)`` in ``[0, C - 1]``; needed when
                 ``supervised``, ignored otherwise.
+            log_bias: optional ``(B, ch, *spatial)`` log of a multiplicative bias field ``b``, with ``image`` the
+                corrected ``x / b``: the likelihood of the acquired ``x`` is then ``N(x; b mu, b^2 sigma^2) =
+                N(x / b; mu, sigma^2) / b``, so ``sum_c log b_c`` is subtracted from every voxel's log-likelihood
+                (the Jacobian; without it a gain that shrinks ``x / b`` would raise the likelihood for free).
 
         Returns:
             dict with ``"loss"``, ``"nll"`` (the negative expected log-likelihood term) and ``"kl"``, reduced as
@@ -276,6 +281,13 @@ class AnatomicalPriorELBOLoss(_Loss):
         else:
             log_voxel = torch.logsumexp(log_prior + log_lik.unsqueeze(1), dim=2)  # eq. 14, (B, M, *spatial)
         nll = -log_voxel.flatten(2).sum(2).mean(1)  # sum over voxels, Monte Carlo mean over draws: (B,)
+        if log_bias is not None:
+            if not isinstance(log_bias, torch.Tensor) or tuple(log_bias.shape) != tuple(image.shape):
+                raise ValueError(
+                    f"log_bias must have the image's shape {tuple(image.shape)}, "
+                    f"got {getattr(log_bias, 'shape', type(log_bias))}."
+                )
+            nll = nll + log_bias.to(dtype).flatten(1).sum(1)  # the Jacobian of x = b * (x / b)
         kl = latent_kl_divergence(latent_mean, latent_log_var)
         if kl.shape[0] != nll.shape[0]:
             raise ValueError(f"latent_mean has batch size {kl.shape[0]}, image {nll.shape[0]}.")

@@ -25,9 +25,14 @@ def _case(seed=0, batch=2, draws=2, classes=3, channels=2, spatial=(2, 3), grid=
     }, torch.randint(0, classes, (batch, 1, *spatial), generator=g)
 
 
-def _direct(case, target=None):
-    """The negative ELBO by explicit loops over items, draws, voxels, labels and channels (float64)."""
+def _direct(case, target=None, gain=None):
+    """The negative ELBO by explicit loops over items, draws, voxels, labels and channels (float64).
+
+    With ``gain`` (a bias field ``b`` of the image's shape), ``case["image"]`` is the acquired ``x`` and the density
+    of a voxel is ``N(x; b mu, b^2 sigma^2)``, written out as such.
+    """
     logits, image = case["logits"], case["image"]
+    gain = torch.ones_like(image) if gain is None else gain
     mu_i, lv_i = case["intensity_mean"], case["intensity_log_var"]
     batch, draws, classes = logits.shape[:3]
     spatial = image.shape[2:]
@@ -47,7 +52,9 @@ def _direct(case, target=None):
                     log_px = 0.0
                     for ch in range(image.shape[1]):
                         x, mu, lv = float(image[(b, ch, *j)]), float(mu_i[c, ch]), float(lv_i[c, ch])
-                        log_px += -0.5 * math.log(2 * math.pi * math.exp(lv)) - (x - mu) ** 2 / (2 * math.exp(lv))
+                        g = float(gain[(b, ch, *j)])
+                        var = g * g * math.exp(lv)
+                        log_px += -0.5 * math.log(2 * math.pi * var) - (x - g * mu) ** 2 / (2 * var)
                     terms.append((scores[c] - log_norm, log_px))
                 if target is None:
                     expected_log_lik += math.log(sum(math.exp(lp + lx) for lp, lx in terms))
@@ -66,6 +73,27 @@ def test_unsupervised_elbo_equals_direct_computation():
     torch.testing.assert_close(terms["loss"], terms["nll"] + terms["kl"])
     mean = AnatomicalPriorELBOLoss()(**case)["loss"]
     torch.testing.assert_close(mean, _direct(case).mean())
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_elbo_with_a_bias_field_is_the_likelihood_of_the_acquired_image(supervised):
+    """``image = x / b`` and ``log_bias = log b``: the loss is the ELBO of ``x`` under ``N(b mu, b^2 sigma^2)``."""
+    case, target = _case(seed=2)
+    g = torch.Generator().manual_seed(3)
+    gain = torch.exp(0.3 * torch.randn(case["image"].shape, generator=g, dtype=torch.float64))
+    acquired = case["image"]
+    corrected = dict(case, image=acquired / gain)
+    kwargs = {"target": target} if supervised else {}
+    terms = AnatomicalPriorELBOLoss(supervised=supervised, reduction="none")(
+        **corrected, log_bias=torch.log(gain), **kwargs
+    )
+    expected = _direct(case, target if supervised else None, gain=gain)
+    torch.testing.assert_close(terms["loss"], expected, rtol=1e-10, atol=1e-10)
+    # without the Jacobian the loss would differ by sum log b
+    plain = AnatomicalPriorELBOLoss(supervised=supervised, reduction="none")(**corrected, **kwargs)["loss"]
+    torch.testing.assert_close(terms["loss"] - plain, torch.log(gain).flatten(1).sum(1))
+    with pytest.raises(ValueError, match="log_bias"):
+        AnatomicalPriorELBOLoss()(**corrected, log_bias=torch.zeros(1, 1, 2, 3))
 
 
 def test_supervised_elbo_equals_direct_computation():

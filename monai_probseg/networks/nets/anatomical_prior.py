@@ -30,6 +30,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
 
 from monai_probseg.losses.anatomical_prior import label_log_likelihood
+from monai_probseg.networks.blocks.bias_field import SmoothBiasField
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, make_generator
 
@@ -68,8 +69,11 @@ class _LatentEncoder(nn.Module):
         self.head = Convolution(spatial_dims, prev, 2 * latent_channels, kernel_size=1, conv_only=True)
         self.latent_channels = latent_channels
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.features(x)
+        out = self.head(feats)
+        if return_features:
+            return out[:, : self.latent_channels], out[:, self.latent_channels :], feats
         return out[:, : self.latent_channels], out[:, self.latent_channels :]
 
 
@@ -332,7 +336,14 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
       in eval). The prior passed in is not modified;
     - ``intensity_mean`` ``(C, in_channels)`` and the bounded ``intensity_log_var`` ``(C, in_channels)`` (a smooth
       sigmoid bound to ``intensity_log_var_bounds``, so a label's variance can neither collapse on the exact zeros
-      of air nor blow up).
+      of air nor blow up);
+    - with ``bias_field_order > 0``, a smooth multiplicative bias field per image (an extension of the paper, as in
+      unified segmentation, Ashburner & Friston 2005): the encoder's features also give the coefficients of a
+      low-order cosine expansion of ``log b`` (:py:class:`~monai_probseg.networks.blocks.SmoothBiasField`, zero
+      outside the brain ``x != 0`` and of mean zero inside it), and the likelihood becomes ``p(x_j | s_j = l) =
+      prod_c N(x_jc; b_jc mu_lc, b_jc^2 sigma_lc^2)``: the tissue Gaussians are fitted to the corrected image
+      ``x / b``, with the Jacobian ``-log b`` in the ELBO. Without it a bias field of the scan (no N4 correction)
+      shifts every tissue boundary, since one Gaussian per tissue must then cover the gain's whole range.
 
     Training: the unsupervised ELBO with the label marginalised (the paper's eq. 14), or, with
     ``supervised=True``, its supervised form that reads the label map: see
@@ -344,7 +355,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
     the image, ``p(s_j = l | z, x_j) ∝ p(s_j = l | z) p(x_j | s_j = l)``: the anatomy from the prior, the voxel's own
     intensity for the detail. With this option every eval output (``forward``, ``mean_logits``, ``sample``) is the
     logits ``log_softmax(decoder(z)) + log p(x_j | s_j = l)`` of that posterior (a softmax of them is the
-    normalised posterior), and ``distribution`` adds the ``"image"`` to its maps. Training outputs are unchanged.
+    normalised posterior), and ``distribution`` adds the ``"image"`` (bias-corrected, with a bias field) to its maps.
+    Training outputs are unchanged.
 
     The model contract (:py:class:`~monai_probseg.networks.contract.DistributionModel`):
 
@@ -387,6 +399,9 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         num_mc_samples: number of reparameterised draws of ``q(z | x)`` per training forward pass.
         intensity_posterior: eval outputs are the segmentation posterior ``p(s | z, x)`` (prior times intensity
             likelihood, see above) instead of the prior's ``p(s | z)``.
+        bias_field_order: 0 (default): no bias field, the paper's model; ``K >= 1``: a smooth bias field of DCT
+            frequencies up to ``K`` per axis in the likelihood (see above).
+        bias_field_bound: the largest ``|log b|`` of the bias field (a soft bound).
 
     Example::
 
@@ -416,6 +431,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         supervised: bool = False,
         num_mc_samples: int = 1,
         intensity_posterior: bool = False,
+        bias_field_order: int = 0,
+        bias_field_bound: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(prior, AnatomicalPriorVAE):
@@ -457,6 +474,14 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             prior.act if act is None else act,
             prior.norm if norm is None else norm,
             prior.dropout if dropout is None else dropout,
+        )
+        if not isinstance(bias_field_order, int) or isinstance(bias_field_order, bool) or bias_field_order < 0:
+            raise ValueError(f"bias_field_order must be an integer >= 0, got {bias_field_order!r}.")
+        self.bias_field_order = bias_field_order
+        self.bias_field = (
+            SmoothBiasField(spatial_dims, channels[-1], self.in_channels, bias_field_order, bias_field_bound)
+            if bias_field_order > 0
+            else None
         )
         self.decoder = copy.deepcopy(prior.decoder)
         for p in self.decoder.parameters():
@@ -501,9 +526,26 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         Args:
             x: image ``(B, in_channels, *spatial)``.
         """
+        mu, log_var, _ = self._encode(x)
+        return mu, log_var
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``q(z | x)`` and the log bias field ``(B, in_channels, *spatial)`` (None without one)."""
         self._check_spatial(x, "image", self.in_channels)
-        mu, raw = self.encoder(self._pad(x))
-        return mu, _bounded(raw, self.log_var_bounds)
+        mu, raw, feats = self.encoder(self._pad(x), return_features=True)
+        log_bias = None
+        if self.bias_field is not None:
+            log_bias = self.bias_field(feats, x.shape[2:], (x != 0).any(1, keepdim=True)).to(x.dtype)
+        return mu, _bounded(raw, self.log_var_bounds), log_bias
+
+    def bias_corrected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image divided by its estimated bias field, ``x / b``, and ``log b`` (``x`` and None without one).
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+        """
+        _, _, log_bias = self._encode(x)
+        return (x, None) if log_bias is None else (x * torch.exp(-log_bias), log_bias)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The frozen ``p(s | z)``: label logits ``(B, C, *grid * f)`` of latent grids ``(B, L, *grid)``.
@@ -549,8 +591,9 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
 
         In train mode returns ``{"logits": (B, M, C, *spatial)`` (``M = num_mc_samples`` reparameterised draws of
         ``q(z | x)`` through the frozen decoder), ``"image"``, ``"latent_mean"``, ``"latent_log_var"`` ``(B, L,
-        *grid)``, ``"intensity_mean"``, ``"intensity_log_var"`` ``(C, in_channels)``}, plus ``"target"`` (``y``)
-        when ``supervised``: ``AnatomicalPriorELBOLoss(supervised=...)(**outputs)`` is the loss.
+        *grid)``, ``"intensity_mean"``, ``"intensity_log_var"`` ``(C, in_channels)``}, plus ``"log_bias"`` ``(B,
+        in_channels, *spatial)`` with a bias field (``"image"`` is then the corrected ``x / b``) and ``"target"``
+        (``y``) when ``supervised``: ``AnatomicalPriorELBOLoss(supervised=...)(**outputs)`` is the loss.
 
         Args:
             x: image ``(B, in_channels, *spatial)``.
@@ -558,20 +601,23 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             generator: seed or generator of the training draws.
         """
         spatial = tuple(x.shape[2:])
-        mu, log_var = self.encode(x)
+        mu, log_var, log_bias = self._encode(x)
+        image = x if log_bias is None else x * torch.exp(-log_bias)
         if not self.training:
-            return self._with_intensity(self._crop(self.decode(mu), spatial), x)
+            return self._with_intensity(self._crop(self.decode(mu), spatial), image)
         if self.supervised and y is None:
             raise ValueError("the supervised AnatomicalPriorSegmentation needs the label map y in training: net(x, y).")
         z = self._draw(mu, log_var, self.num_mc_samples, generator)
         outputs = {
             "logits": self._decode_samples(z, spatial),
-            "image": x,
+            "image": image,
             "latent_mean": mu,
             "latent_log_var": log_var,
             "intensity_mean": self.intensity_mean,
             "intensity_log_var": self.intensity_log_var,
         }
+        if log_bias is not None:
+            outputs["log_bias"] = log_bias
         if self.supervised:
             outputs["target"] = y
         return outputs
@@ -583,13 +629,13 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             x: image ``(B, in_channels, *spatial)`` (a window of it under the sliding-window inferer).
         """
         spatial = tuple(x.shape[2:])
-        mu, log_var = self.encode(x)
+        mu, log_var, log_bias = self._encode(x)
         maps = {
             "latent_mean": self._crop(self._upsample(mu), spatial),
             "latent_log_var": self._crop(self._upsample(log_var), spatial),
         }
         if self.intensity_posterior:
-            maps["image"] = x
+            maps["image"] = x if log_bias is None else x * torch.exp(-log_bias)
         return maps
 
     def _upsample(self, grid: torch.Tensor) -> torch.Tensor:

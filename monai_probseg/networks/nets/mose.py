@@ -104,6 +104,10 @@ class MixtureOfStochasticExperts(DistributionModel):
         epsilon: added to every expert's covariance diagonal.
         log_diag_range: bounds of the log of the diagonal before the exponential.
         head_act: activation applied to the backbone features before the heads and the gate, or ``None``.
+        gate_pooling: how the gate summarises the (activated) features over space: ``"mean"`` (global average
+            pooling), or ``"mean_max"``, the average and the maximum side by side (``2 F`` inputs to its MLP). The
+            maximum lets the gate read a small structure (a faint lesion in a large image) that the average dilutes
+            by its area.
 
     Example::
 
@@ -131,6 +135,7 @@ class MixtureOfStochasticExperts(DistributionModel):
         epsilon: float = 1e-5,
         log_diag_range: Sequence[float] = (-20.0, 10.0),
         head_act: str | tuple | None = "relu",
+        gate_pooling: str = "mean",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -153,21 +158,25 @@ class MixtureOfStochasticExperts(DistributionModel):
             act=head_act,
         )
         hidden = self.backbone_channels if gate_hidden is None else check_positive_int(gate_hidden, "gate_hidden")
-        self.gate = nn.Sequential(
-            nn.Linear(self.backbone_channels, hidden), nn.ReLU(), nn.Linear(hidden, self.num_experts)
-        )
+        if gate_pooling not in ("mean", "mean_max"):
+            raise ValueError(f"gate_pooling must be 'mean' or 'mean_max', got {gate_pooling!r}.")
+        self.gate_pooling = gate_pooling
+        pooled = self.backbone_channels * (2 if self.gate_pooling == "mean_max" else 1)
+        self.gate = nn.Sequential(nn.Linear(pooled, hidden), nn.ReLU(), nn.Linear(hidden, self.num_experts))
 
     # ------------------------------------------------------------------ maps
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return backbone_features(self.backbone, x, self.spatial_dims, self.in_channels, self.backbone_channels)
 
     def gate_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """The gate's logits ``(B, K)`` from backbone features ``(B, F, *spatial)`` (activation, spatial mean, MLP).
+        """The gate's logits ``(B, K)`` from backbone features ``(B, F, *spatial)`` (activation, pooling, MLP).
 
         Args:
             features: backbone features.
         """
-        return self.gate(self.head.act(features).flatten(2).mean(2))
+        flat = self.head.act(features).flatten(2)
+        pooled = flat.mean(2) if self.gate_pooling == "mean" else torch.cat([flat.mean(2), flat.amax(2)], 1)
+        return self.gate(pooled)
 
     def distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return the experts' parameter maps and the gate broadcast over space.

@@ -210,3 +210,31 @@ def test_intensity_posterior_adds_the_likelihood_to_every_eval_output():
     torch.testing.assert_close(samples, torch.log_softmax(prior_samples, 2) + log_lik[:, None])
     with pytest.raises(KeyError, match="image"):
         net.sample(maps, 1, 0)
+
+
+@pytest.mark.parametrize("dims,spatial", [(2, (13, 16)), (3, (9, 8, 7))])
+def test_bias_field_outputs(dims, spatial):
+    """With ``bias_field_order`` the likelihood reads ``x / b``; ``b = 1`` in air and at initialisation."""
+    net = _net(dims, in_channels=2, bias_field_order=2, intensity_posterior=True)
+    x = torch.rand(2, 2, *spatial) + 0.1
+    x[:, :, :2] = 0  # air
+    out = net.train()(x)
+    assert out["log_bias"].shape == x.shape and torch.equal(out["image"], x)  # zero-initialised: no correction
+    with torch.no_grad():
+        net.bias_field.coefficients.bias.normal_()
+    out = net(x)
+    assert (out["log_bias"][:, :, :2] == 0).all() and out["log_bias"].abs().sum() > 0
+    torch.testing.assert_close(out["image"], x * torch.exp(-out["log_bias"]))
+    terms = AnatomicalPriorELBOLoss(reconstruction="mean")(**out)
+    assert torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert net.bias_field.coefficients.weight.grad is not None
+    assert all(p.grad is None for p in net.decoder.parameters())  # the prior stays frozen
+    net.eval()
+    with torch.no_grad():
+        maps = net.distribution(x)
+        corrected, log_bias = net.bias_corrected(x)
+        torch.testing.assert_close(maps["image"], corrected)
+        torch.testing.assert_close(net.mean_logits(maps), net(x))
+    with pytest.raises(ValueError, match="bias_field_order"):
+        _net(dims, bias_field_order=-1)

@@ -266,3 +266,19 @@ def test_sample_moments_follow_the_mixture_distribution():
     # within Monte-Carlo error of 4000 samples (probabilities in [0, 1]: standard error <= 0.008)
     assert float((moments["mean"] - reference["prob"]).abs().max()) < 0.04
     assert float((moments["m2"] / 4000 - reference["variance"]).abs().max()) < 0.02
+
+
+def test_mean_max_gate_reads_a_small_bright_structure():
+    """``gate_pooling="mean_max"`` feeds the gate the features' maximum beside their average (2 F inputs)."""
+    torch.manual_seed(0)
+    net = _tiny(2, gate_pooling="mean_max").eval()
+    assert net.gate[0].in_features == 2 * net.backbone_channels
+    feats = torch.zeros(2, net.backbone_channels, 16, 16)
+    feats[1, 0, 3, 3] = 50.0  # one voxel: its average is 50 / 256, its maximum 50
+    with torch.no_grad():
+        pooled = torch.cat([feats.flatten(2).mean(2), feats.flatten(2).amax(2)], 1)
+        assert torch.allclose(net.gate_logits(feats), net.gate(pooled))
+        weights = gate_weights(net.distribution(torch.randn(1, 1, 16, 16)))
+    assert torch.allclose(weights.sum(1), torch.ones(1))
+    with pytest.raises(ValueError, match="gate_pooling"):
+        _tiny(2, gate_pooling="max")
