@@ -11,7 +11,8 @@ label exists, by the ELBO with the label marginalised (their eq. 14,
 
 - the prior is trained on the label maps of shape family 0 (no image);
 - the unsupervised model (:py:class:`~monai_probseg.networks.nets.AnatomicalPriorSegmentation`, the prior's decoder
-  frozen, ``intensity_posterior=True``: the segmentation is the per-voxel posterior ``p(s | z, x)``) on the T1
+  frozen, ``intensity_posterior=True``: the segmentation is the per-voxel posterior ``p(s | z, x)``; with a smooth
+  bias field of DCT order ``--bias-order`` fitted by EM in the likelihood, 0 for the paper's model) on the T1
   images of family 1, without their labels;
 - the supervised upper bound, a MONAI ``UNet``, on the same family-1 T1 images *with* their labels (cross-entropy +
   Dice);
@@ -172,10 +173,12 @@ def train_unet(net, images, labels, dims, args, rng) -> float:
     return time.perf_counter() - start
 
 
-def load_bundle_model(path: str) -> AnatomicalPriorSegmentation:
+def load_bundle_model(path: str, bias_order: int | None = None) -> AnatomicalPriorSegmentation:
     parser = ConfigParser()
     parser.read_config(os.path.join(BUNDLE, "configs", "inference.json"))
     parser["device"] = "$torch.device('cpu')"
+    if bias_order is not None:  # weights trained with another bias field than the bundle's
+        parser["network_def"]["bias_field_order"] = bias_order
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net
@@ -239,7 +242,7 @@ def run_dims(dims: int, args, rng) -> tuple[list[dict], dict, dict]:
 
     if use_bundle:
         path = args.model3d or os.path.join(BUNDLE, "models", "model.pt")
-        unsup = load_bundle_model(path)
+        unsup = load_bundle_model(path, args.bias_order if args.model3d else None)
         source = f"bundle weights {os.path.relpath(path, ROOT)}"
         times["prior_train_s"] = times["unsup_train_s"] = float("nan")
     else:
@@ -262,6 +265,14 @@ def run_dims(dims: int, args, rng) -> tuple[list[dict], dict, dict]:
         summarise("  ablation: prior decoder alone p(s|z)", dice_per_tissue(predict(unsup, test["image"]), label))
     )
     unsup.intensity_posterior = True
+    if not use_bundle and args.bias_order > 0:  # the paper's likelihood, one Gaussian per tissue and no bias field
+        plain = AnatomicalPriorSegmentation(dims, 1, 4, prior, intensity_posterior=True)
+        times["unsup_plain_train_s"] = train_unsupervised(plain, train["image"], dims, args, rng)
+        rows.append(
+            summarise(
+                "  ablation: no bias field (the paper's p(x|s))", dice_per_tissue(predict(plain, test["image"]), label)
+            )
+        )
 
     if not use_bundle:  # how detailed the prior itself is: its reconstruction of the true test label maps
         prior.eval()
@@ -344,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unsup-iters", type=int, default=600)
     parser.add_argument("--unet-iters", type=int, default=400)
     parser.add_argument(
-        "--bias-order", type=int, default=0, help="unsupervised model trained here: bias field DCT order (0: none)"
+        "--bias-order",
+        type=int,
+        default=3,
+        help="bias field DCT order of the unsupervised model trained here or loaded by --model3d (0: none)",
     )
     parser.add_argument("--train3d", action="store_true", help="train the 3D models here, not the bundle's")
     parser.add_argument("--model3d", default="", help="3D unsupervised weights (default: the bundle's model.pt)")

@@ -166,7 +166,7 @@ def build(
             samples_per_expert=options.get("mose_samples", 4),
             channels=channels,
             strides=strides,
-            gate_pooling=options.get("mose_gate_pooling", "mean"),
+            gate_pooling=options.get("mose_gate_pooling", "mean_max"),
         )
         loss = MoSELoss(gamma=options.get("mose_gamma", 0.5), solver=options.get("mose_solver", "sinkhorn"))
         return net, loss, LEARNING_RATES["mose"]
@@ -433,7 +433,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--mose-samples", type=int, default=4, help="mose: training samples per expert")
     parser.add_argument("--mose-gamma", type=float, default=0.5, help="mose: capacity of a sample in the OT plan")
     parser.add_argument(
-        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean", help="mose: the gate's pooling"
+        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean_max", help="mose: the gate's pooling"
     )
     parser.add_argument("--mose-solver", choices=("exact", "sinkhorn"), default="sinkhorn", help="mose: OT solver")
     parser.add_argument("--save-dir", default=None, help="save each trained model's state_dict here")

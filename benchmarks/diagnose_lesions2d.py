@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--latent-dim", type=int, default=6, help="PU-Net latent dimension the weights were made with")
     parser.add_argument(
-        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean", help="mose: the gate's pooling"
+        "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean_max", help="mose: the gate's pooling"
     )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--test-cases", type=int, default=32)

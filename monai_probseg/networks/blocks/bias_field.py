@@ -6,11 +6,12 @@
 MR images carry a slowly varying multiplicative gain (the "bias field" of coil sensitivity). Classic unified
 segmentation models it inside the intensity likelihood as ``x_j = b_j * x'_j`` with ``log b`` a linear combination
 of the lowest-frequency 3D discrete cosine transform (DCT) basis functions (Ashburner & Friston, "Unified
-segmentation", NeuroImage 2005), so that one Gaussian per tissue fits the whole image. :py:class:`SmoothBiasField`
-gives a network that field: the coefficients come from globally pooled features of an encoder (amortised, one
-pass), the field is exactly smooth by construction (no more than ``order`` half-cycles along any axis), and it is
-restricted to a mask (the brain: outside it the gain is 1) with zero mean inside it, so that the field never
-rescales the image as a whole (the tissue means keep that role).
+segmentation", NeuroImage 2005), so that one Gaussian per tissue fits the whole image. :py:func:`fit_log_bias` is
+its bias step: given the tissue posteriors of every voxel, the weighted least-squares log-gain in the span of the
+basis, exactly smooth by construction (no more than ``order`` half-cycles along any axis), restricted to a mask
+(the brain: outside it the gain is 1) with zero mean inside it, so that the field never rescales the image as a
+whole (the tissue means keep that role). Alternated with the posteriors it is an EM for the field; having no
+parameters, it adapts to each scan's own field.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 
-from monai_probseg.utils import check_positive_int, check_spatial_dims
+from monai_probseg.utils import check_positive_int
 
-__all__ = ["SmoothBiasField", "cosine_basis"]
+__all__ = ["cosine_basis", "fit_log_bias"]
 
 
 def cosine_basis(spatial_size: Sequence[int], order: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -63,65 +63,69 @@ def cosine_basis(spatial_size: Sequence[int], order: int, device=None, dtype=tor
     return torch.stack(functions).to(dtype)
 
 
-class SmoothBiasField(nn.Module):
-    """``log b`` ``(B, channels, *spatial)``: a smooth log-gain per image channel, from pooled encoder features.
+def fit_log_bias(
+    image: torch.Tensor,
+    responsibilities: torch.Tensor,
+    intensity_mean: torch.Tensor,
+    intensity_log_var: torch.Tensor,
+    mask: torch.Tensor,
+    order: int = 3,
+    bound: float = 1.0,
+    ridge: float = 1e-3,
+) -> torch.Tensor:
+    """The smooth log-gain ``log b`` ``(B, ch, *spatial)`` that best explains ``image`` given tissue posteriors.
 
-    ``log b = bound * tanh(sum_k c_k phi_k / bound)`` with ``phi_k`` the :py:func:`cosine_basis` of the image's
-    size and ``c = W mean(features) + w_0`` (one linear layer on the features averaged over space, zero-initialised
-    so that training starts from no bias), then masked (0 outside ``mask``) and centred to mean 0 over ``mask``
-    (per image and channel). The corrected image is ``x * exp(-log b)``; a likelihood written on it must add the
-    Jacobian ``-sum_c log b_c`` per voxel (:py:class:`~monai_probseg.losses.AnatomicalPriorELBOLoss` does, given
-    ``log_bias``).
+    The bias step of unified segmentation (Ashburner & Friston 2005), in the log domain: with ``r_jl`` the
+    posterior of label ``l`` at voxel ``j`` and ``N(mu_lc, sigma_lc^2)`` the tissue intensities, ``log x_jc - log
+    mu_lc`` is (by the delta method) ``log b_jc`` plus noise of precision ``w_lc = mu_lc^2 / sigma_lc^2``, so
+    ``log b_c = sum_k a_k phi_k`` (the constant and :py:func:`cosine_basis` functions up to ``order``) minimises
+    ``sum_j m_j sum_l r_jl w_lc (log x_jc - log mu_lc - log b_jc)^2`` (weighted least squares, a small ridge of
+    ``ridge`` times the mean diagonal); labels whose mean is below 1e-3 (air) carry no weight. The field is then
+    softly bounded to ``|log b| <= bound``, centred to mean 0 over ``mask`` (the global scale is the tissue means'
+    to set) and set to 0 outside it. Computed in float32 at least; alternate it with the posteriors for an EM.
 
     Args:
-        spatial_dims: 2 or 3.
-        in_features: channels of the features.
-        channels: image channels (one field each).
-        order: highest DCT frequency per axis (3: ``4^d - 1`` coefficients per channel).
-        bound: the largest ``|log b|`` (a soft tanh bound; 1 allows gains from 0.37 to 2.7).
+        image: ``(B, ch, *spatial)`` intensities (> 0 inside ``mask``).
+        responsibilities: ``(B, C, *spatial)`` label posteriors (summing to 1 over ``C``).
+        intensity_mean: ``(C, ch)`` tissue means.
+        intensity_log_var: ``(C, ch)`` tissue log-variances.
+        mask: ``(B, 1, *spatial)`` boolean, where the field applies.
+        order: highest DCT frequency per axis.
+        bound: the largest ``|log b|`` (a soft tanh bound).
+        ridge: ridge regularisation, relative to the mean diagonal of the normal equations.
 
     Example::
 
-        field = SmoothBiasField(3, in_features=32, channels=1, order=3)
-        log_bias = field(features, spatial_size=image.shape[2:], mask=image > 0)  # (B, 1, *spatial)
+        log_b = fit_log_bias(x, posteriors, means, log_vars, x > 0, order=3)
+        corrected = x * torch.exp(-log_b)
     """
-
-    def __init__(self, spatial_dims: int, in_features: int, channels: int, order: int = 3, bound: float = 1.0):
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.channels = check_positive_int(channels, "channels")
-        self.order = check_positive_int(order, "order")
-        if not (math.isfinite(bound) and bound > 0):
-            raise ValueError(f"bound must be a finite number > 0, got {bound!r}.")
-        self.bound = float(bound)
-        self.num_functions = (self.order + 1) ** self.spatial_dims - 1
-        self.coefficients = nn.Linear(check_positive_int(in_features, "in_features"), channels * self.num_functions)
-        nn.init.zeros_(self.coefficients.weight)
-        nn.init.zeros_(self.coefficients.bias)
-        self._basis: tuple[tuple, torch.Tensor] | None = None
-
-    def basis(self, spatial_size: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-        """The (cached) :py:func:`cosine_basis` ``(K, *spatial_size)`` on ``like``'s device and type."""
-        key = (tuple(int(s) for s in spatial_size), like.device, like.dtype)
-        if self._basis is None or self._basis[0] != key:
-            self._basis = (key, cosine_basis(key[0], self.order, like.device, like.dtype))
-        return self._basis[1]
-
-    def forward(self, features: torch.Tensor, spatial_size: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            features: ``(B, in_features, *grid)`` encoder features (any grid).
-            spatial_size: the image's spatial size.
-            mask: ``(B, 1, *spatial_size)`` boolean, where the field applies (and is centred).
-        """
-        if len(spatial_size) != self.spatial_dims:
-            raise ValueError(f"spatial_size must have {self.spatial_dims} entries, got {tuple(spatial_size)}.")
-        batch = features.shape[0]
-        coef = self.coefficients(features.flatten(2).mean(2)).float().reshape(batch, self.channels, -1)
-        phi = self.basis(spatial_size, coef)
-        field = torch.einsum("bck,k...->bc...", coef, phi)
-        field = self.bound * torch.tanh(field / self.bound)
-        weight = mask.to(field.dtype)
-        count = weight.flatten(2).sum(2).clamp_min(1.0)
-        centre = (field * weight).flatten(2).sum(2) / count  # (B, C)
-        return (field - centre.reshape(*centre.shape, *([1] * self.spatial_dims))) * weight
+    if image.ndim not in (4, 5) or responsibilities.shape[0] != image.shape[0]:
+        raise ValueError(
+            f"image must be (B, ch, *spatial) 2D/3D and responsibilities (B, C, *spatial), got {tuple(image.shape)} "
+            f"and {tuple(responsibilities.shape)}."
+        )
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    x, r = image.to(dtype), responsibilities.to(dtype)
+    mean, log_var = intensity_mean.to(dtype), intensity_log_var.to(dtype)
+    spatial = tuple(x.shape[2:])
+    m = mask.to(dtype)
+    valid = (mean > 1e-3).to(dtype)  # (C, ch)
+    w = mean.clamp_min(1e-3) ** 2 * torch.exp(-log_var) * valid
+    a = torch.einsum("bl...,lc->bc...", r, w) * m  # (B, ch, *sp): the voxel's precision
+    rhs_voxel = (
+        a * torch.log(x.clamp_min(1e-6)) - torch.einsum("bl...,lc->bc...", r, w * torch.log(mean.clamp_min(1e-3))) * m
+    )
+    phi = torch.cat(
+        [torch.ones(1, *spatial, dtype=dtype, device=x.device), cosine_basis(spatial, order, x.device, dtype)]
+    )
+    flat = phi.flatten(1)  # (K, V)
+    gram = (a.flatten(2).unsqueeze(2) * flat) @ flat.T  # (B, ch, K, K), no (K, K, V) intermediate
+    rhs = torch.einsum("bcv,kv->bck", rhs_voxel.flatten(2), flat)
+    scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[..., None, None]
+    eye = torch.eye(flat.shape[0], dtype=dtype, device=x.device)
+    coef = torch.linalg.solve(gram + ridge * scale * eye, rhs.unsqueeze(-1)).squeeze(-1)  # (B, ch, K)
+    field = torch.einsum("bck,kv->bcv", coef, flat).reshape(*x.shape)
+    field = bound * torch.tanh(field / bound)
+    dims = tuple(range(2, x.ndim))
+    centre = (field * m).sum(dims) / m.sum(dims).clamp_min(1.0)
+    return (field - centre.reshape(*centre.shape, *([1] * len(spatial)))) * m

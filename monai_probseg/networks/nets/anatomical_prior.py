@@ -30,7 +30,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
 
 from monai_probseg.losses.anatomical_prior import label_log_likelihood
-from monai_probseg.networks.blocks.bias_field import SmoothBiasField
+from monai_probseg.networks.blocks.bias_field import fit_log_bias
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, make_generator
 
@@ -69,11 +69,8 @@ class _LatentEncoder(nn.Module):
         self.head = Convolution(spatial_dims, prev, 2 * latent_channels, kernel_size=1, conv_only=True)
         self.latent_channels = latent_channels
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        feats = self.features(x)
-        out = self.head(feats)
-        if return_features:
-            return out[:, : self.latent_channels], out[:, self.latent_channels :], feats
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.features(x))
         return out[:, : self.latent_channels], out[:, self.latent_channels :]
 
 
@@ -338,12 +335,15 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
       sigmoid bound to ``intensity_log_var_bounds``, so a label's variance can neither collapse on the exact zeros
       of air nor blow up);
     - with ``bias_field_order > 0``, a smooth multiplicative bias field per image (an extension of the paper, as in
-      unified segmentation, Ashburner & Friston 2005): the encoder's features also give the coefficients of a
-      low-order cosine expansion of ``log b`` (:py:class:`~monai_probseg.networks.blocks.SmoothBiasField`, zero
-      outside the brain ``x != 0`` and of mean zero inside it), and the likelihood becomes ``p(x_j | s_j = l) =
-      prod_c N(x_jc; b_jc mu_lc, b_jc^2 sigma_lc^2)``: the tissue Gaussians are fitted to the corrected image
-      ``x / b``, with the Jacobian ``-log b`` in the ELBO. Without it a bias field of the scan (no N4 correction)
-      shifts every tissue boundary, since one Gaussian per tissue must then cover the gain's whole range.
+      unified segmentation, Ashburner & Friston 2005): the likelihood becomes ``p(x_j | s_j = l) = prod_c N(x_jc;
+      b_jc mu_lc, b_jc^2 sigma_lc^2)`` with ``log b`` a low-order cosine expansion, zero outside the brain ``x !=
+      0`` and of mean zero inside it. ``b`` is fitted to each image in the forward pass by
+      ``bias_field_iterations`` EM steps, without gradient: label posteriors ``p(s | z = mu(x), x / b)`` from
+      the prior decoder and the current tissue Gaussians, then the weighted least-squares log-gain
+      (:py:func:`~monai_probseg.networks.blocks.fit_log_bias`), starting from ``b = 1``. The tissue Gaussians
+      are then fitted to the corrected image ``x / b``, with the Jacobian ``-log b`` in the ELBO. Without it a
+      bias field of the scan (no N4 correction) shifts every tissue boundary, since one Gaussian per tissue must
+      then cover the gain's whole range. Having no parameters, the field adapts to each scan's own bias.
 
     Training: the unsupervised ELBO with the label marginalised (the paper's eq. 14), or, with
     ``supervised=True``, its supervised form that reads the label map: see
@@ -402,6 +402,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         bias_field_order: 0 (default): no bias field, the paper's model; ``K >= 1``: a smooth bias field of DCT
             frequencies up to ``K`` per axis in the likelihood (see above).
         bias_field_bound: the largest ``|log b|`` of the bias field (a soft bound).
+        bias_field_iterations: EM steps fitting the bias field in every forward pass.
 
     Example::
 
@@ -433,6 +434,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         intensity_posterior: bool = False,
         bias_field_order: int = 0,
         bias_field_bound: float = 1.0,
+        bias_field_iterations: int = 3,
     ) -> None:
         super().__init__()
         if not isinstance(prior, AnatomicalPriorVAE):
@@ -478,11 +480,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         if not isinstance(bias_field_order, int) or isinstance(bias_field_order, bool) or bias_field_order < 0:
             raise ValueError(f"bias_field_order must be an integer >= 0, got {bias_field_order!r}.")
         self.bias_field_order = bias_field_order
-        self.bias_field = (
-            SmoothBiasField(spatial_dims, channels[-1], self.in_channels, bias_field_order, bias_field_bound)
-            if bias_field_order > 0
-            else None
-        )
+        self.bias_field_bound = float(bias_field_bound)
+        self.bias_field_iterations = check_positive_int(bias_field_iterations, "bias_field_iterations")
         self.decoder = copy.deepcopy(prior.decoder)
         for p in self.decoder.parameters():
             p.requires_grad_(False)
@@ -532,11 +531,31 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``q(z | x)`` and the log bias field ``(B, in_channels, *spatial)`` (None without one)."""
         self._check_spatial(x, "image", self.in_channels)
-        mu, raw, feats = self.encoder(self._pad(x), return_features=True)
+        mu, raw = self.encoder(self._pad(x))
         log_bias = None
-        if self.bias_field is not None:
-            log_bias = self.bias_field(feats, x.shape[2:], (x != 0).any(1, keepdim=True)).to(x.dtype)
+        if self.bias_field_order > 0:
+            log_bias = self._em_bias(x, self._crop(self.decode(mu), x.shape[2:]))
         return mu, _bounded(raw, self.log_var_bounds), log_bias
+
+    @torch.no_grad()
+    def _em_bias(self, x: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+        """``log b`` by alternating the label posteriors ``p(s | z, x / b)`` and :py:func:`fit_log_bias`."""
+        mask = (x != 0).any(1, keepdim=True)
+        log_prior = F.log_softmax(prior_logits.float(), dim=1)
+        log_bias = torch.zeros_like(x, dtype=log_prior.dtype)
+        for _ in range(self.bias_field_iterations):
+            log_lik = label_log_likelihood(x * torch.exp(-log_bias), self.intensity_mean, self.intensity_log_var)
+            post = torch.softmax(log_prior + log_lik, dim=1)
+            log_bias = fit_log_bias(
+                x,
+                post,
+                self.intensity_mean,
+                self.intensity_log_var,
+                mask,
+                self.bias_field_order,
+                self.bias_field_bound,
+            )
+        return log_bias.to(x.dtype)
 
     def bias_corrected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The image divided by its estimated bias field, ``x / b``, and ``log b`` (``x`` and None without one).

@@ -104,10 +104,11 @@ class MixtureOfStochasticExperts(DistributionModel):
         epsilon: added to every expert's covariance diagonal.
         log_diag_range: bounds of the log of the diagonal before the exponential.
         head_act: activation applied to the backbone features before the heads and the gate, or ``None``.
-        gate_pooling: how the gate summarises the (activated) features over space: ``"mean"`` (global average
-            pooling), or ``"mean_max"``, the average and the maximum side by side (``2 F`` inputs to its MLP). The
-            maximum lets the gate read a small structure (a faint lesion in a large image) that the average dilutes
-            by its area.
+        gate_pooling: how the gate summarises the (activated) features over space: ``"mean_max"`` (default), the
+            average and the maximum side by side (``2 F`` inputs to its MLP), or ``"mean"`` (global average pooling
+            only, as the paper; version 0.1 of this class). The maximum lets the gate read a small structure (a
+            faint lesion in a large image) that the average dilutes by its area: on the 2D ambiguous lesions it
+            took the "no lesion" frequency error from -16 to -2 points (``benchmarks/results/experiments.md``).
 
     Example::
 
@@ -135,7 +136,7 @@ class MixtureOfStochasticExperts(DistributionModel):
         epsilon: float = 1e-5,
         log_diag_range: Sequence[float] = (-20.0, 10.0),
         head_act: str | tuple | None = "relu",
-        gate_pooling: str = "mean",
+        gate_pooling: str = "mean_max",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)

@@ -1,4 +1,4 @@
-"""SmoothBiasField: the cosine basis, masking and centring, and a field that learns a known gain."""
+"""The bias field of the anatomical-prior likelihood: the cosine basis and the weighted least-squares fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_probseg.networks.blocks import SmoothBiasField, cosine_basis
+from monai_probseg.networks.blocks import cosine_basis, fit_log_bias
 
 
 @pytest.mark.parametrize("size", [(5, 7), (4, 3, 6)])
@@ -23,40 +23,43 @@ def test_cosine_basis_is_the_orthogonal_dct_without_the_constant(size):
     torch.testing.assert_close(basis[0], expected)
 
 
-def test_field_starts_at_zero_and_is_masked_and_centred():
-    torch.manual_seed(0)
-    field = SmoothBiasField(2, in_features=3, channels=2, order=2, bound=0.5)
-    features = torch.randn(2, 3, 4, 4)
-    mask = torch.zeros(2, 1, 12, 10, dtype=torch.bool)
-    mask[:, :, 2:10, 1:9] = True
-    assert torch.equal(field(features, (12, 10), mask), torch.zeros(2, 2, 12, 10))  # zero-initialised
-    with torch.no_grad():
-        field.coefficients.weight.normal_()
-        field.coefficients.bias.normal_()
-    log_bias = field(features, (12, 10), mask)
-    assert log_bias.shape == (2, 2, 12, 10) and torch.isfinite(log_bias).all()
-    assert (log_bias[~mask.expand(-1, 2, -1, -1)] == 0).all()
-    inside = (log_bias * mask).flatten(2).sum(2) / mask.flatten(2).sum(2)
-    torch.testing.assert_close(inside, torch.zeros(2, 2), atol=1e-6, rtol=0)
-    assert log_bias.abs().max() <= 2 * 0.5  # the bound before centring, at most doubled by it
-    with pytest.raises(ValueError, match="bound"):
-        SmoothBiasField(2, 3, 1, bound=0.0)
-    with pytest.raises(ValueError, match="order"):
-        SmoothBiasField(2, 3, 1, order=0)
+@pytest.mark.parametrize("size", [(24, 20), (12, 10, 8)])
+def test_fit_log_bias_recovers_the_gain_of_a_tissue_image(size):
+    """Known tissues times a smooth gain: the weighted least-squares field is that gain (up to its brain mean)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(1, 4, (2, 1, *size), generator=g)
+    labels[..., :2] = 0  # air
+    mean = torch.tensor([[0.0], [0.3], [0.65], [1.0]])
+    log_var = torch.log(torch.tensor([[1e-4], [0.03], [0.03], [0.03]]) ** 2)
+    phi = cosine_basis(size, 2)
+    true = torch.stack([0.2 * phi[0] - 0.1 * phi[1], -0.15 * phi[2] + 0.05 * phi[-1]])[:, None]  # (2, 1, *size)
+    mask = labels > 0
+    true = (
+        true
+        - (true * mask).flatten(1).sum(1).reshape(2, *[1] * (len(size) + 1))
+        / mask.flatten(1).sum(1).reshape(2, *[1] * (len(size) + 1))
+    ) * mask
+    image = mean[labels, 0] * torch.exp(true) * (1 + 0.01 * torch.randn(labels.shape, generator=g))
+    resp = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).float()
+    log_b = fit_log_bias(image, resp, mean, log_var, mask, order=2, bound=5.0)
+    assert log_b.shape == image.shape and (log_b[~mask] == 0).all()
+    assert (log_b - true).abs().max() < 0.03
+    corrected = image * torch.exp(-log_b)
+    for label in (1, 2, 3):  # one intensity per tissue again
+        assert corrected[labels == label].std() < 0.2 * image[labels == label].std()
+    with pytest.raises(ValueError, match="responsibilities"):
+        fit_log_bias(image[0], resp, mean, log_var, mask)
 
 
-def test_field_learns_a_smooth_gain():
-    """Fitting the coefficients to a known smooth log-gain of the basis recovers it (the field can express it)."""
-    torch.manual_seed(0)
-    size = (16, 16)
-    target = 0.3 * cosine_basis(size, 3)[1] - 0.2 * cosine_basis(size, 3)[5]
-    mask = torch.ones(1, 1, *size, dtype=torch.bool)
-    field = SmoothBiasField(2, in_features=1, channels=1, order=3)
-    opt = torch.optim.Adam(field.parameters(), lr=0.05)
-    features = torch.ones(1, 1, 2, 2)
-    for _ in range(300):
-        loss = (field(features, size, mask)[0, 0] - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 1e-4
+def test_fit_log_bias_is_bounded_masked_and_centred():
+    g = torch.Generator().manual_seed(1)
+    size = (10, 12)
+    image = torch.rand(1, 1, *size, generator=g) * 5 + 0.01  # far from any tissue mean
+    mask = torch.zeros(1, 1, *size, dtype=torch.bool)
+    mask[..., 2:8, 2:10] = True
+    resp = torch.softmax(torch.randn(1, 3, *size, generator=g), 1)
+    mean = torch.tensor([[0.0], [0.5], [1.0]])
+    log_b = fit_log_bias(image, resp, mean, torch.full((3, 1), -4.0), mask, order=3, bound=0.5)
+    assert torch.isfinite(log_b).all() and (log_b[~mask] == 0).all()
+    assert log_b.abs().max() <= 1.0 + 1e-6  # the bound, at most doubled by the centring
+    assert abs(float(log_b[mask].mean())) < 1e-6
