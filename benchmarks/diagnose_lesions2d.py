@@ -16,8 +16,9 @@ Loads weights saved by ``bench_lesions2d.py --save-dir`` and, on the same held-o
   in nats, per latent dimension), ``kl_top_dim_share`` (the share of the KL in the dimension that carries most)
   and ``posterior_over_prior_sigma_top_dim`` (median posterior / prior standard deviation in that dimension): how
   the latent space encodes the annotators' choices;
-- for the Mixture of Stochastic Experts, ``ged_expert_means``: the same expert choices with each sample replaced by
-  its expert's noise-free mask (``argmax mu_k``), i.e. what the experts' low-rank noise adds to the GED, and
+- for the Mixture of Stochastic Experts, ``ged_expert_means``: ``--samples`` experts drawn from the gate
+  (``choose_experts``), each sample its expert's noise-free mask (``argmax mu_k``): the GED without the experts'
+  low-rank noise, and
   ``expert_mean_mode_iou``: the gate-weighted IoU of each expert's noise-free mask with its nearest true mode;
 - ``empty_rate_model`` and ``empty_rate_true``: over the cases where some annotators may see no lesion, the mean
   fraction of samples whose nearest mode is the empty mask, and the mean true probability of that mode.

@@ -1,7 +1,7 @@
 # Copyright (c) monai_probseg contributors
 # Licensed under the Apache License, Version 2.0
 
-"""A smooth multiplicative intensity bias field predicted from image features (a low-order cosine basis).
+"""A smooth multiplicative intensity bias field on a low-order cosine basis, fitted to tissue posteriors.
 
 MR images carry a slowly varying multiplicative gain (the "bias field" of coil sensitivity). Classic unified
 segmentation models it inside the intensity likelihood as ``x_j = b_j * x'_j`` with ``log b`` a linear combination

@@ -525,17 +525,23 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         Args:
             x: image ``(B, in_channels, *spatial)``.
         """
-        mu, log_var, _ = self._encode(x)
-        return mu, log_var
-
-    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``q(z | x)`` and the log bias field ``(B, in_channels, *spatial)`` (None without one)."""
         self._check_spatial(x, "image", self.in_channels)
         mu, raw = self.encoder(self._pad(x))
-        log_bias = None
-        if self.bias_field_order > 0:
-            log_bias = self._em_bias(x, self._crop(self.decode(mu), x.shape[2:]))
-        return mu, _bounded(raw, self.log_var_bounds), log_bias
+        return mu, _bounded(raw, self.log_var_bounds)
+
+    def _bias_correct(
+        self, x: torch.Tensor, mu: torch.Tensor, prior_logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x / b, log b)`` with ``b`` fitted for the latent mean ``mu`` (``(x, None)`` without a bias field).
+
+        ``prior_logits``: the decoder's logits of ``mu`` cropped to ``x``, when the caller already has them.
+        """
+        if self.bias_field_order == 0:
+            return x, None
+        if prior_logits is None:
+            prior_logits = self._crop(self.decode(mu), x.shape[2:])
+        log_bias = self._em_bias(x, prior_logits)
+        return x * torch.exp(-log_bias), log_bias
 
     @torch.no_grad()
     def _em_bias(self, x: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
@@ -563,8 +569,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         Args:
             x: image ``(B, in_channels, *spatial)``.
         """
-        _, _, log_bias = self._encode(x)
-        return (x, None) if log_bias is None else (x * torch.exp(-log_bias), log_bias)
+        return self._bias_correct(x, self.encode(x)[0])
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The frozen ``p(s | z)``: label logits ``(B, C, *grid * f)`` of latent grids ``(B, L, *grid)``.
@@ -620,10 +625,11 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             generator: seed or generator of the training draws.
         """
         spatial = tuple(x.shape[2:])
-        mu, log_var, log_bias = self._encode(x)
-        image = x if log_bias is None else x * torch.exp(-log_bias)
+        mu, log_var = self.encode(x)
         if not self.training:
-            return self._with_intensity(self._crop(self.decode(mu), spatial), image)
+            logits = self._crop(self.decode(mu), spatial)
+            return self._with_intensity(logits, self._bias_correct(x, mu, logits)[0])
+        image, log_bias = self._bias_correct(x, mu)
         if self.supervised and y is None:
             raise ValueError("the supervised AnatomicalPriorSegmentation needs the label map y in training: net(x, y).")
         z = self._draw(mu, log_var, self.num_mc_samples, generator)
@@ -648,13 +654,13 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             x: image ``(B, in_channels, *spatial)`` (a window of it under the sliding-window inferer).
         """
         spatial = tuple(x.shape[2:])
-        mu, log_var, log_bias = self._encode(x)
+        mu, log_var = self.encode(x)
         maps = {
             "latent_mean": self._crop(self._upsample(mu), spatial),
             "latent_log_var": self._crop(self._upsample(log_var), spatial),
         }
         if self.intensity_posterior:
-            maps["image"] = x if log_bias is None else x * torch.exp(-log_bias)
+            maps["image"] = self._bias_correct(x, mu)[0]
         return maps
 
     def _upsample(self, grid: torch.Tensor) -> torch.Tensor:
