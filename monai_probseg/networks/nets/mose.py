@@ -9,6 +9,7 @@ of Stochastic Experts. ICLR 2023.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -109,6 +110,9 @@ class MixtureOfStochasticExperts(DistributionModel):
             only, as the paper; version 0.1 of this class). The maximum lets the gate read a small structure (a
             faint lesion in a large image) that the average dilutes by its area: on the 2D ambiguous lesions it
             took the "no lesion" frequency error from -16 to -2 points (``benchmarks/results/experiments.md``).
+        sample_scale: multiplies every expert's noise at inference (``mu_k + s (P_k eps + sqrt(D_k) eta)``), as the
+            SSN's ``sample_scale``: 1 (the default) is the trained distribution; a value below 1 narrows it. Choose
+            it on validation data, never on test data. Not used in training.
 
     Example::
 
@@ -137,6 +141,7 @@ class MixtureOfStochasticExperts(DistributionModel):
         log_diag_range: Sequence[float] = (-20.0, 10.0),
         head_act: str | tuple | None = "relu",
         gate_pooling: str = "mean_max",
+        sample_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -162,6 +167,9 @@ class MixtureOfStochasticExperts(DistributionModel):
         if gate_pooling not in ("mean", "mean_max"):
             raise ValueError(f"gate_pooling must be 'mean' or 'mean_max', got {gate_pooling!r}.")
         self.gate_pooling = gate_pooling
+        if not (math.isfinite(float(sample_scale)) and float(sample_scale) > 0):
+            raise ValueError(f"sample_scale must be a finite number > 0, got {sample_scale!r}.")
+        self.sample_scale = float(sample_scale)
         pooled = self.backbone_channels * (2 if self.gate_pooling == "mean_max" else 1)
         self.gate = nn.Sequential(nn.Linear(pooled, hidden), nn.ReLU(), nn.Linear(hidden, self.num_experts))
 
@@ -195,8 +203,11 @@ class MixtureOfStochasticExperts(DistributionModel):
         maps["gate"] = _broadcast_gate(weights, x.shape[2:])
         return maps
 
-    def _split(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Maps as ``mean (B, K, C, *sp)``, ``factor (B, K, C * R, *sp)``, ``diag (B, K, C, *sp)``."""
+    def _split(
+        self, maps: dict[str, torch.Tensor], scaled: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Maps as ``mean (B, K, C, *sp)``, ``factor (B, K, C * R, *sp)``, ``diag (B, K, C, *sp)``; with ``scaled``
+        the noise times :py:attr:`sample_scale`."""
         missing = [k for k in _MAP_KEYS if k not in maps]
         if missing:
             raise KeyError(f"maps lacks {missing}; expected the dict returned by distribution(), got {sorted(maps)}.")
@@ -209,6 +220,8 @@ class MixtureOfStochasticExperts(DistributionModel):
             )
         if maps["gate"].shape[1] != k:
             raise ValueError(f"the gate map has {maps['gate'].shape[1]} channels, expected num_experts = {k}.")
+        if scaled and self.sample_scale != 1.0:
+            factor, diag = factor * self.sample_scale, diag * self.sample_scale**2
         split = (mean.shape[0], k, -1, *mean.shape[2:])
         return mean.reshape(split), factor.reshape(split), diag.reshape(split)
 
@@ -312,7 +325,7 @@ class MixtureOfStochasticExperts(DistributionModel):
             logits ``(B, N, C, *spatial)``.
         """
         num_samples = check_positive_int(num_samples, "num_samples")
-        mean, factor, diag = self._split(maps)
+        mean, factor, diag = self._split(maps, scaled=True)
         gen = make_generator(generator, mean.device)
         if experts is None:
             experts = self.choose_experts(maps, num_samples, gen)
@@ -356,7 +369,7 @@ class MixtureOfStochasticExperts(DistributionModel):
             ``{"mean", "m2", "expected_entropy"}`` (and ``"labels"``) as :py:func:`low_rank_moments` returns them.
         """
         num_samples = check_positive_int(num_samples, "num_samples")
-        mean, factor, diag = self._split(maps)
+        mean, factor, diag = self._split(maps, scaled=True)
         gen = make_generator(generator, mean.device)
         experts = self.choose_experts(maps, num_samples, gen)
         items: list[dict[str, torch.Tensor]] = []

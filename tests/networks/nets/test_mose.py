@@ -282,3 +282,21 @@ def test_mean_max_gate_reads_a_small_bright_structure():
     assert torch.allclose(weights.sum(1), torch.ones(1))
     with pytest.raises(ValueError, match="gate_pooling"):
         _tiny(2, gate_pooling="max")
+
+
+def test_sample_scale_multiplies_the_noise():
+    """``sample_scale`` s: every sample is ``mu_k + s * noise`` with the same draws and experts."""
+    torch.manual_seed(0)
+    net = _tiny(2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        maps = net.distribution(x)
+        experts = net.choose_experts(maps, 6, 3)
+        base = net.sample(maps, 6, torch.Generator().manual_seed(1), experts=experts)
+        net.sample_scale = 0.5
+        half = net.sample(maps, 6, torch.Generator().manual_seed(1), experts=experts)
+    mean = net._split(maps)[0]
+    mu = mean[torch.arange(2)[:, None], experts]  # (B, N, C, H, W): each sample's expert mean
+    torch.testing.assert_close(half - mu, 0.5 * (base - mu), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sample_scale"):
+        _tiny(2, sample_scale=0.0)
