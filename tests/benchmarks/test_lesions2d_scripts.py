@@ -139,3 +139,22 @@ def test_repeated_passes_are_tiled(scripts):
 
     passes = torch.arange(3).reshape(1, 3, 1)  # the ensemble's / TTA's fixed passes: sample n is pass n mod 3
     assert scripts[0]._tile(passes, 7)[0, :, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_calibrate_lesions2d_scale_picks_the_lowest_validation_ged(tmp_path, monkeypatch):
+    """The shipped MoSE's noise scale on its validation cases (a trial run into a scratch folder, few samples)."""
+    monkeypatch.setenv("MONAI_PROBSEG_RESULTS_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import calibrate_lesions2d_scale
+
+    try:
+        out = calibrate_lesions2d_scale.main(["--scales", "1", "0.2", "--samples", "8"])
+    finally:
+        for name in ("calibrate_lesions2d_scale", "bench_lesions2d", "_common"):
+            sys.modules.pop(name, None)
+    assert [r["sample_scale"] for r in out["rows"]] == [1.0, 0.2]
+    assert out["chosen"] == min(out["rows"], key=lambda r: r["ged"])
+    assert all(0.0 <= r["ged"] <= 2.0 and 0.0 <= r["whole_image"] <= 1.0 for r in out["rows"])
+    # less noise, fewer samples that flip the whole background
+    assert out["rows"][1]["whole_image"] <= out["rows"][0]["whole_image"]
+    assert (tmp_path / "calibration.md").is_file() and (tmp_path / "calibration.json").is_file()
