@@ -74,27 +74,34 @@ def label_log_likelihood(
 
     Args:
         image: ``(B, ch, *spatial)`` intensities.
-        intensity_mean: ``(C, ch)`` mean intensity of every label and channel.
-        intensity_log_var: ``(C, ch)`` log-variances ``log sigma_lc^2``.
+        intensity_mean: ``(C, ch)`` mean intensity of every label and channel, or ``(B, C, ch)``: one set per image
+            (the per-image tissue Gaussians of unified segmentation).
+        intensity_log_var: log-variances ``log sigma_lc^2``, the shape of ``intensity_mean``.
 
     Returns:
         ``(B, C, *spatial)`` log-likelihoods, in at least float32.
     """
     if not isinstance(image, torch.Tensor) or image.ndim < 3:
         raise ValueError(f"image must be (B, ch, *spatial), got {getattr(image, 'shape', type(image))}.")
-    channels = image.shape[1]
+    batch, channels = image.shape[:2]
     for name, t in (("intensity_mean", intensity_mean), ("intensity_log_var", intensity_log_var)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != channels:
+        if (
+            not isinstance(t, torch.Tensor)
+            or t.ndim not in (2, 3)
+            or t.shape[-1] != channels
+            or (t.ndim == 3 and t.shape[0] != batch)
+        ):
             raise ValueError(
-                f"{name} must be (C, {channels}) (labels, image channels) for an image of shape {tuple(image.shape)}, "
-                f"got {getattr(t, 'shape', type(t))}."
+                f"{name} must be (C, {channels}) (labels, image channels) or ({batch}, C, {channels}) (one set per "
+                f"image) for an image of shape {tuple(image.shape)}, got {getattr(t, 'shape', type(t))}."
             )
     if intensity_mean.shape != intensity_log_var.shape:
         raise ValueError(
             f"intensity_mean {tuple(intensity_mean.shape)} and intensity_log_var "
             f"{tuple(intensity_log_var.shape)} differ."
         )
-    view = (1, *intensity_mean.shape, *([1] * (image.ndim - 2)))  # (1, C, ch, 1, ...)
+    params = intensity_mean.shape[-2:]
+    view = (-1 if intensity_mean.ndim == 3 else 1, *params, *([1] * (image.ndim - 2)))  # (B or 1, C, ch, 1, ...)
     log_density = gaussian_log_density(
         image.unsqueeze(1), intensity_mean.reshape(view), intensity_log_var.reshape(view)
     )

@@ -41,10 +41,12 @@ def test_train_diagnose_summarize(scripts, tmp_path):
     d_pu = diagnose.main(
         ["--model", "prob_unet", "--latent-dim", "2", "--weights", str(tmp_path / "w" / "pu_prob_unet.pt")]
         + small
-        + ["--name", "pu_diagnosis"]
+        + ["--sample-scale", str(pu["rows"][1]["sample_scale"]), "--name", "pu_diagnosis"]
     )["rows"][0]
     d_ssn = diagnose.main(
-        ["--model", "ssn", "--weights", str(tmp_path / "w" / "ssn_ssn.pt")] + small + ["--name", "ssn_diagnosis"]
+        ["--model", "ssn", "--weights", str(tmp_path / "w" / "ssn_ssn.pt")]
+        + small
+        + ["--sample-scale", str(ssn["rows"][1]["sample_scale"]), "--name", "ssn_diagnosis"]
     )["rows"][0]
     # the diagnosis redraws the same samples and oracle draws as the benchmark's evaluation
     assert d_pu["ged"] == pytest.approx(pu["rows"][1]["ged"], abs=1e-6)
@@ -120,6 +122,7 @@ def test_leaderboard_every_method(scripts):
     bench, _, _ = scripts
     common = ["--iterations", "5", "--batch-size", "2", "--size", "32", "--train-cases", "4", "--test-cases", "4"]
     common += ["--samples", "8", "--channels", "4", "8", "--diffusion-channels", "8", "8", "--threads", "1"]
+    common += ["--val-cases", "4", "--scales", "1", "0.5", "0.2"]
     out = bench.main(["--name", "board", *common])
     rows = {r["model"]: r for r in out["rows"]}
     assert list(rows) == ["oracle", *bench.MODELS]
@@ -132,6 +135,14 @@ def test_leaderboard_every_method(scripts):
     assert rows["flip_tta"]["iterations"] == rows["unet"]["iterations"]  # no training of its own
     assert rows["ensemble"]["iterations"] == 5  # 5 members share the 5 iterations
     assert all(rows[name]["samples_over_forward"] > 0 for name in bench.MODELS if name != "unet")
+    # the spread of every method with a sample_scale is the lowest validation GED of the scales tried
+    for name in bench.MODELS:
+        if name in bench.SCALED:
+            tried = {s: rows[name][f"val_ged_scale_{s}"] for s in ("1", "0.5", "0.2")}
+            assert rows[name]["val_ged"] == min(tried.values())
+            assert f"{rows[name]['sample_scale']:g}" == min(tried, key=tried.get)
+        else:
+            assert "sample_scale" not in rows[name]
 
 
 def test_repeated_passes_are_tiled(scripts):

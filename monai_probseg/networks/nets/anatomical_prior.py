@@ -30,7 +30,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
 
 from monai_probseg.losses.anatomical_prior import label_log_likelihood
-from monai_probseg.networks.blocks.bias_field import fit_log_bias
+from monai_probseg.networks.blocks.bias_field import fit_log_bias, fit_tissue_gaussians
 from monai_probseg.networks.contract import DistributionModel
 from monai_probseg.utils import check_positive_int, make_generator
 
@@ -343,7 +343,16 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
       (:py:func:`~monai_probseg.networks.blocks.fit_log_bias`), starting from ``b = 1``. The tissue Gaussians
       are then fitted to the corrected image ``x / b``, with the Jacobian ``-log b`` in the ELBO. Without it a
       bias field of the scan (no N4 correction) shifts every tissue boundary, since one Gaussian per tissue must
-      then cover the gain's whole range. Having no parameters, the field adapts to each scan's own bias.
+      then cover the gain's whole range. Having no parameters, the field adapts to each scan's own bias;
+    - with ``intensity_fit_iterations > 0``, at inference (eval mode) every image also gets its own tissue
+      Gaussians, as in unified segmentation: after the bias steps, ``intensity_fit_iterations`` further EM steps
+      alternate the label posteriors, :py:func:`~monai_probseg.networks.blocks.fit_tissue_gaussians` (the
+      posterior-weighted means and variances of the image, a MAP estimate with ``intensity_prior_count``
+      pseudo-voxels at the learnt ``intensity_mean`` / ``intensity_log_var``) and, with a bias field, the bias
+      step with those Gaussians. The learnt Gaussians (trained by the ELBO, which is unchanged) are then the
+      starting point and prior of each scan's own. Real scans differ in contrast even after intensity
+      normalisation, and one scan's tissue intensities spread less than those of a whole training set (see
+      ``benchmarks/results/experiments.md`` for what it does on the phantoms).
 
     Training: the unsupervised ELBO with the label marginalised (the paper's eq. 14), or, with
     ``supervised=True``, its supervised form that reads the label map: see
@@ -355,7 +364,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
     the image, ``p(s_j = l | z, x_j) ∝ p(s_j = l | z) p(x_j | s_j = l)``: the anatomy from the prior, the voxel's own
     intensity for the detail. With this option every eval output (``forward``, ``mean_logits``, ``sample``) is the
     logits ``log_softmax(decoder(z)) + log p(x_j | s_j = l)`` of that posterior (a softmax of them is the
-    normalised posterior), and ``distribution`` adds the ``"image"`` (bias-corrected, with a bias field) to its maps.
+    normalised posterior), and ``distribution`` adds the ``"intensity_log_likelihood"`` ``(B, C, *spatial)`` (with the
+    likelihood fitted to the image: bias field, per-image Gaussians) to its maps.
     Training outputs are unchanged.
 
     The model contract (:py:class:`~monai_probseg.networks.contract.DistributionModel`):
@@ -364,7 +374,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
       intensity log-likelihoods with ``intensity_posterior``);
     - ``distribution(x)``: ``{"latent_mean", "latent_log_var"}``, the latent grids brought to voxel resolution by
       nearest-neighbour upsampling (every voxel holds its grid cell's values, ``(B, L, *spatial)``), so that the
-      sliding-window inferer stitches them like logits (and ``"image"`` with ``intensity_posterior``);
+      sliding-window inferer stitches them like logits (and ``"intensity_log_likelihood"`` with
+      ``intensity_posterior``);
     - ``sample(maps, n, generator)``: average-pools the maps back onto the latent grid (cells of ``f^d`` voxels from
       the origin), draws ``z = mu + sigma * eps`` with ``eps`` drawn once per sample for the whole grid, and decodes
       every ``z`` with the frozen decoder: ``(B, n, C, *spatial)`` logits. ``mean_logits(maps)`` decodes the pooled
@@ -403,6 +414,10 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             frequencies up to ``K`` per axis in the likelihood (see above).
         bias_field_bound: the largest ``|log b|`` of the bias field (a soft bound).
         bias_field_iterations: EM steps fitting the bias field in every forward pass.
+        intensity_fit_iterations: 0 (default): the learnt tissue Gaussians for every image (the paper); ``n >= 1``:
+            at inference, ``n`` EM steps fitting each image's own tissue Gaussians (and bias field), see above.
+            Training outputs are unchanged.
+        intensity_prior_count: the weight, in voxels, of the learnt Gaussians in each image's fit.
 
     Example::
 
@@ -435,6 +450,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         bias_field_order: int = 0,
         bias_field_bound: float = 1.0,
         bias_field_iterations: int = 3,
+        intensity_fit_iterations: int = 0,
+        intensity_prior_count: float = 10.0,
     ) -> None:
         super().__init__()
         if not isinstance(prior, AnatomicalPriorVAE):
@@ -482,6 +499,12 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         self.bias_field_order = bias_field_order
         self.bias_field_bound = float(bias_field_bound)
         self.bias_field_iterations = check_positive_int(bias_field_iterations, "bias_field_iterations")
+        self.intensity_fit_iterations = check_positive_int(
+            intensity_fit_iterations, "intensity_fit_iterations", minimum=0
+        )
+        if not (math.isfinite(float(intensity_prior_count)) and float(intensity_prior_count) >= 0):
+            raise ValueError(f"intensity_prior_count must be a finite number >= 0, got {intensity_prior_count!r}.")
+        self.intensity_prior_count = float(intensity_prior_count)
         self.decoder = copy.deepcopy(prior.decoder)
         for p in self.decoder.parameters():
             p.requires_grad_(False)
@@ -532,44 +555,95 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
     def _bias_correct(
         self, x: torch.Tensor, mu: torch.Tensor, prior_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(x / b, log b)`` with ``b`` fitted for the latent mean ``mu`` (``(x, None)`` without a bias field).
+        """``(x / b, log b)`` with ``b`` fitted for the latent mean ``mu`` and the learnt Gaussians (training).
 
-        ``prior_logits``: the decoder's logits of ``mu`` cropped to ``x``, when the caller already has them.
+        ``(x, None)`` without a bias field. ``prior_logits``: the decoder's logits of ``mu`` cropped to ``x``, when the
+        caller already has them.
         """
         if self.bias_field_order == 0:
             return x, None
         if prior_logits is None:
             prior_logits = self._crop(self.decode(mu), x.shape[2:])
-        log_bias = self._em_bias(x, prior_logits)
-        return x * torch.exp(-log_bias), log_bias
+        fit = self._em_fit(x, prior_logits, 0)
+        return fit["image"], fit["log_bias"]
 
     @torch.no_grad()
-    def _em_bias(self, x: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
-        """``log b`` by alternating the label posteriors ``p(s | z, x / b)`` and :py:func:`fit_log_bias`."""
+    def _em_fit(self, x: torch.Tensor, prior_logits: torch.Tensor, intensity_iterations: int) -> dict:
+        """The per-image EM of the likelihood given the prior's ``p(s | z)`` (``prior_logits``), without gradient.
+
+        ``bias_field_iterations`` bias steps with the learnt Gaussians (with a bias field), then
+        ``intensity_iterations`` steps of each image's own Gaussians and bias field. Returns ``{"image"}`` (``x / b``),
+        ``"log_bias"`` (or None), ``"intensity_mean"`` and ``"intensity_log_var"`` (``(B, C, ch)``).
+        """
         mask = (x != 0).any(1, keepdim=True)
         log_prior = F.log_softmax(prior_logits.float(), dim=1)
-        log_bias = torch.zeros_like(x, dtype=log_prior.dtype)
-        for _ in range(self.bias_field_iterations):
-            log_lik = label_log_likelihood(x * torch.exp(-log_bias), self.intensity_mean, self.intensity_log_var)
-            post = torch.softmax(log_prior + log_lik, dim=1)
-            log_bias = fit_log_bias(
-                x,
-                post,
-                self.intensity_mean,
-                self.intensity_log_var,
-                mask,
-                self.bias_field_order,
-                self.bias_field_bound,
-            )
-        return log_bias.to(x.dtype)
+        prior_mean, prior_log_var = self.intensity_mean.detach().float(), self.intensity_log_var.detach().float()
+        mean = prior_mean.expand(x.shape[0], -1, -1)
+        log_var = prior_log_var.expand(x.shape[0], -1, -1)
+        log_bias = None
+        corrected = x.float()
 
-    def bias_corrected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The image divided by its estimated bias field, ``x / b``, and ``log b`` (``x`` and None without one).
+        def posterior() -> torch.Tensor:
+            return torch.softmax(log_prior + label_log_likelihood(corrected, mean, log_var), dim=1)
+
+        def bias_step() -> None:
+            nonlocal log_bias, corrected
+            log_bias = fit_log_bias(
+                x, posterior(), mean, log_var, mask, self.bias_field_order, self.bias_field_bound
+            ).to(log_prior.dtype)
+            corrected = x.float() * torch.exp(-log_bias)
+
+        if self.bias_field_order > 0:
+            for _ in range(self.bias_field_iterations):
+                bias_step()
+        for _ in range(intensity_iterations):
+            mean, log_var = fit_tissue_gaussians(
+                corrected,
+                posterior(),
+                mask,
+                prior_mean,
+                prior_log_var,
+                self.intensity_prior_count,
+                self.intensity_log_var_bounds,
+            )
+            if self.bias_field_order > 0:
+                bias_step()
+        return {
+            "image": corrected.to(x.dtype),
+            "log_bias": None if log_bias is None else log_bias.to(x.dtype),
+            "intensity_mean": mean,
+            "intensity_log_var": log_var,
+        }
+
+    def intensity_model(self, x: torch.Tensor) -> dict:
+        """The likelihood fitted to each image at inference: ``{"image": x / b, "log_bias", "intensity_mean",
+        "intensity_log_var"}``.
+
+        ``log_bias`` ``(B, in_channels, *spatial)`` (None without a bias field); the tissue Gaussians ``(B, C,
+        in_channels)`` are each image's own with ``intensity_fit_iterations > 0``, else the learnt ones.
 
         Args:
             x: image ``(B, in_channels, *spatial)``.
         """
-        return self._bias_correct(x, self.encode(x)[0])
+        mu = self.encode(x)[0]
+        return self._em_fit(x, self._crop(self.decode(mu), x.shape[2:]), self.intensity_fit_iterations)
+
+    def bias_corrected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image divided by its estimated bias field, ``x / b``, and ``log b`` (``x`` and None without one).
+
+        The field of :py:meth:`intensity_model` (fitted with each image's own Gaussians when
+        ``intensity_fit_iterations > 0``).
+
+        Args:
+            x: image ``(B, in_channels, *spatial)``.
+        """
+        fit = self.intensity_model(x)
+        return (x, None) if fit["log_bias"] is None else (fit["image"], fit["log_bias"])
+
+    def _intensity_log_likelihood(self, x: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+        """``log p(x_j | s_j = l)`` ``(B, C, *spatial)`` with the likelihood fitted to each image (inference)."""
+        fit = self._em_fit(x, prior_logits, self.intensity_fit_iterations)
+        return label_log_likelihood(fit["image"], fit["intensity_mean"], fit["intensity_log_var"])
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The frozen ``p(s | z)``: label logits ``(B, C, *grid * f)`` of latent grids ``(B, L, *grid)``.
@@ -580,19 +654,21 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         self._check_spatial(z, "z", self.latent_channels)
         return self.decoder(z)
 
-    def _with_intensity(self, logits: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    def _with_intensity(self, logits: torch.Tensor, log_lik: torch.Tensor | None) -> torch.Tensor:
         """``log p(s | z) + log p(x | s)`` (the segmentation posterior's logits) with ``intensity_posterior``.
 
-        ``logits`` is ``(B, C, *spatial)`` or ``(B, N, C, *spatial)``; ``image`` ``(B, in_channels, *spatial)``.
+        ``logits`` is ``(B, C, *spatial)`` or ``(B, N, C, *spatial)``; ``log_lik`` ``(B, C, *spatial)``.
         """
         if not self.intensity_posterior:
             return logits
-        if image is None:
-            raise KeyError("maps must hold the 'image' (from distribution(x)) when intensity_posterior is set.")
-        self._check_spatial(image, "maps['image']", self.in_channels)
-        log_lik = label_log_likelihood(image, self.intensity_mean, self.intensity_log_var)
+        if log_lik is None:
+            raise KeyError(
+                "maps must hold the 'intensity_log_likelihood' (from distribution(x)) when intensity_posterior is set."
+            )
+        self._check_spatial(log_lik, "maps['intensity_log_likelihood']", self.num_classes)
         log_prior = F.log_softmax(logits.float(), dim=-self.spatial_dims - 1)
-        if logits.ndim == image.ndim + 1:
+        log_lik = log_lik.float()
+        if logits.ndim == log_lik.ndim + 1:
             log_lik = log_lik.unsqueeze(1)
         return (log_prior + log_lik).to(logits.dtype)
 
@@ -628,7 +704,9 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         mu, log_var = self.encode(x)
         if not self.training:
             logits = self._crop(self.decode(mu), spatial)
-            return self._with_intensity(logits, self._bias_correct(x, mu, logits)[0])
+            if not self.intensity_posterior:
+                return logits
+            return self._with_intensity(logits, self._intensity_log_likelihood(x, logits))
         image, log_bias = self._bias_correct(x, mu)
         if self.supervised and y is None:
             raise ValueError("the supervised AnatomicalPriorSegmentation needs the label map y in training: net(x, y).")
@@ -660,7 +738,8 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             "latent_log_var": self._crop(self._upsample(log_var), spatial),
         }
         if self.intensity_posterior:
-            maps["image"] = self._bias_correct(x, mu)[0]
+            prior_logits = self._crop(self.decode(mu), spatial)
+            maps["intensity_log_likelihood"] = self._intensity_log_likelihood(x, prior_logits).to(mu.dtype)
         return maps
 
     def _upsample(self, grid: torch.Tensor) -> torch.Tensor:
@@ -691,7 +770,7 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
             maps: the output of :py:meth:`distribution`.
         """
         mean, _, spatial = self._grid(maps)
-        return self._with_intensity(self._crop(self.decode(mean), spatial), maps.get("image"))
+        return self._with_intensity(self._crop(self.decode(mean), spatial), maps.get("intensity_log_likelihood"))
 
     def sample(
         self, maps: dict[str, torch.Tensor], num_samples: int, generator: int | torch.Generator | None = None
@@ -709,4 +788,4 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         num_samples = check_positive_int(num_samples, "num_samples")
         mean, log_var, spatial = self._grid(maps)
         logits = self._decode_samples(self._draw(mean, log_var, num_samples, generator), spatial)
-        return self._with_intensity(logits, maps.get("image"))
+        return self._with_intensity(logits, maps.get("intensity_log_likelihood"))

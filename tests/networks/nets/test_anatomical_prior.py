@@ -204,17 +204,20 @@ def test_intensity_posterior_adds_the_likelihood_to_every_eval_output():
         post = net(x)
         maps_post = net.distribution(x)
         samples = net.sample(maps_post, 3, 7)
-    assert set(maps_post) == {"latent_mean", "latent_log_var", "image"}
+    assert set(maps_post) == {"latent_mean", "latent_log_var", "intensity_log_likelihood"}
+    torch.testing.assert_close(maps_post["intensity_log_likelihood"], log_lik)
     torch.testing.assert_close(post, torch.log_softmax(prior_logits, 1) + log_lik)
     torch.testing.assert_close(net.mean_logits(maps_post), post)
     torch.testing.assert_close(samples, torch.log_softmax(prior_samples, 2) + log_lik[:, None])
-    with pytest.raises(KeyError, match="image"):
+    with pytest.raises(KeyError, match="intensity_log_likelihood"):
         net.sample(maps, 1, 0)
 
 
 @pytest.mark.parametrize("dims,spatial", [(2, (13, 16)), (3, (9, 8, 7))])
 def test_bias_field_outputs(dims, spatial):
     """With ``bias_field_order`` the likelihood reads ``x / b``, ``b`` fitted by EM; ``b = 1`` in air."""
+    from monai_probseg.losses import label_log_likelihood
+
     net = _net(dims, in_channels=2, bias_field_order=2, intensity_posterior=True)
     x = torch.rand(2, 2, *spatial) + 0.1
     x[:, :, :2] = 0  # air
@@ -231,7 +234,53 @@ def test_bias_field_outputs(dims, spatial):
     with torch.no_grad():
         maps = net.distribution(x)
         corrected, log_bias = net.bias_corrected(x)
-        torch.testing.assert_close(maps["image"], corrected)
+        log_lik = label_log_likelihood(corrected, net.intensity_mean, net.intensity_log_var)
+        torch.testing.assert_close(maps["intensity_log_likelihood"], log_lik)
         torch.testing.assert_close(net.mean_logits(maps), net(x))
     with pytest.raises(ValueError, match="bias_field_order"):
         _net(dims, bias_field_order=-1)
+
+
+@pytest.mark.parametrize("bias_order", [0, 2])
+def test_per_image_tissue_gaussians_recover_each_images_contrast(bias_order):
+    """``intensity_fit_iterations``: two images whose tissues are darker / brighter than the learnt means get their own.
+
+    Three labels (0 air, 1 tissue A, 2 tissue B, in stripes); the learnt means are 0.4 / 0.8, the images' true
+    means 0.3 / 0.6 and 0.5 / 1.0 (noise 0.02). The learnt Gaussians put much of the dark image's tissue B into A;
+    each image's own fit (a prior weight of 1 voxel against 72 per tissue) recovers its means and the labels.
+    """
+    torch.manual_seed(0)
+    prior = AnatomicalPriorVAE(2, 3, latent_channels=2, channels=(4,), strides=(2,))
+    net = AnatomicalPriorSegmentation(
+        2,
+        1,
+        3,
+        prior,
+        intensity_posterior=True,
+        intensity_means=[0.0, 0.4, 0.8],
+        bias_field_order=bias_order,
+        intensity_fit_iterations=20,
+        intensity_prior_count=1.0,
+    ).eval()
+    with torch.no_grad():
+        net._intensity_log_var_raw.fill_(-2.0)  # sd 0.02: the likelihood decides, not the untrained prior
+    label = torch.zeros(16, 16, dtype=torch.long)
+    label[2:14, 2:14] = 1
+    label[2:14, 2:14][:, torch.arange(12) % 4 >= 2] = 2  # stripes 2 voxels wide: no smooth gain mimics them
+    truth = torch.tensor([[0.0, 0.3, 0.6], [0.0, 0.5, 1.0]])
+    x = torch.stack([t[label] for t in truth])[:, None] + 0.02 * torch.randn(2, 1, 16, 16) * (label > 0)
+    with torch.no_grad():
+        fit = net.intensity_model(x)
+        pred = net(x).argmax(1)
+        net.intensity_fit_iterations = 0
+        learnt = net(x).argmax(1)
+    assert fit["intensity_mean"].shape == (2, 3, 1) and fit["intensity_log_var"].shape == (2, 3, 1)
+    if bias_order == 0:  # with a bias field the field may take a little of the scale; the labels are what count
+        torch.testing.assert_close(fit["intensity_mean"][:, 1:, 0], truth[:, 1:], atol=0.01, rtol=0)
+    assert (pred == label).all(), (pred != label).sum()
+    assert (learnt[0] != label).sum() > 20  # the learnt means alone mislabel the dark image's tissue B
+    assert torch.isfinite(fit["intensity_log_var"]).all()
+    with pytest.raises(ValueError, match="intensity_fit_iterations"):
+        _net(intensity_fit_iterations=-1)
+    with pytest.raises(ValueError, match="intensity_prior_count"):
+        _net(intensity_prior_count=float("nan"))
