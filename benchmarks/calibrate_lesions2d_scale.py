@@ -5,10 +5,11 @@
 
 The bundle's network (``inference.json``'s ``network_def`` and ``models/model.pt``) samples the validation cases of
 its ``train.json`` (``phantom_seed`` 0, the ``phantom_split[1]`` cases after the training ones, never trained on)
-once per scale; the images are normalised as ``bench_lesions2d.py`` does and the samples scored with its
-``evaluate`` (GED, HM-IoU), beside the fraction of samples that cover more than half of the image (a tail draw of
-the noise that flips the whole background). The leaderboard's test cases (seed 1000) and the fresh cases of
-``check_lesions2d_bundle.py`` (seed 2026) are never used.
+once per scale; the images are normalised as ``bench_lesions2d.py`` does and the samples scored by its
+``choose_sample_scale`` (GED, HM-IoU, and the fraction of samples that cover more than half of the image, a tail
+draw of the noise that flips the whole background), the rule the leaderboard applies to its own rows on the same
+validation cases. The leaderboard's test cases (seed 1000) and the fresh cases of ``check_lesions2d_bundle.py``
+(seed 2026) are never used.
 
 Run::
 
@@ -32,17 +33,18 @@ from monai.bundle import ConfigParser
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
-from bench_lesions2d import evaluate, normalise  # noqa: E402
+from bench_lesions2d import SCALES, choose_sample_scale, normalise  # noqa: E402
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = {"lesions2d_mose": "mose", "lesions2d_prob_unet": "prob_unet"}  # bundle -> its leaderboard method
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="lesions2d_mose", choices=["lesions2d_mose"])
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    parser.add_argument("--bundle", default="lesions2d_mose", choices=sorted(BUNDLES))
+    parser.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -65,31 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = normalise(np.stack([c["image"] for c in cases]))
     annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
     with torch.no_grad():
-        maps = net.distribution(x)
-    rows = []
-    for scale in args.scales:
-        net.sample_scale = float(scale)
-        with torch.no_grad():
-            samples = torch.cat(
-                [
-                    net.sample(
-                        {k: v[i : i + 8] for k, v in maps.items()}, args.samples, torch.Generator().manual_seed(0)
-                    ).argmax(2)
-                    for i in range(0, len(cases), 8)
-                ]
-            )
-        scores = evaluate(samples, annotations)
-        whole = (samples > 0).flatten(2).float().mean(2) > 0.5
-        rows.append(
-            {
-                "sample_scale": scale,
-                "ged": scores["ged"],
-                "hm_iou": scores["hm_iou"],
-                "whole_image": float(whole.float().mean()),
-            }
-        )
-        print(rows[-1], flush=True)
-    best = min(rows, key=lambda r: r["ged"])
+        best, rows = choose_sample_scale(BUNDLES[args.bundle], net, x, annotations, args.samples, 0, args.scales)
     command = "python benchmarks/calibrate_lesions2d_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (
         f"# `sample_scale` of {args.bundle} on its {len(cases)} validation cases (train.json seed "

@@ -168,8 +168,11 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean_max", help="mose: the gate's pooling"
     )
+    parser.add_argument(
+        "--sample-scale", type=float, default=1.0, help="the sample_scale to sample with (a leaderboard row's)"
+    )
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--test-cases", type=int, default=32)
+    parser.add_argument("--test-cases", type=int, default=128)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -186,6 +189,9 @@ def main(argv=None) -> dict:
         net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     except RuntimeError as e:
         parser.error(f"--weights {args.weights} does not fit a {args.model} with channels {args.channels}: {e}")
+    if not args.sample_scale > 0:
+        parser.error(f"--sample-scale must be > 0, got {args.sample_scale}.")
+    net.sample_scale = args.sample_scale
     cases = ambiguous_lesions_2d(args.test_cases, (args.size,) * 2, num_annotators=4, seed=args.seed + 1000)
     row = diagnose(args.model, net, cases, args.samples, args.seed)
     cols = ["model", "ged", "ged_oracle", "frac_iou_above_0.9", *DIAGNOSIS_COLUMNS]
