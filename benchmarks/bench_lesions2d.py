@@ -179,7 +179,7 @@ def build(
             1,
             2,
             num_experts=options.get("experts", 5),
-            rank=options.get("mose_rank", 4),
+            rank=options.get("mose_rank", 1),
             samples_per_expert=options.get("mose_samples", 4),
             channels=channels,
             strides=strides,
@@ -487,7 +487,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ddim-steps", type=int, default=5, help="diffusion: DDIM steps per sample")
     parser.add_argument("--ddim-eta", type=float, default=1.0, help="diffusion: DDIM eta (1 matches DDPM best)")
     parser.add_argument("--experts", type=int, default=5, help="mose: experts K")
-    parser.add_argument("--mose-rank", type=int, default=4, help="mose: rank of each expert's covariance factor")
+    parser.add_argument("--mose-rank", type=int, default=1, help="mose: rank of each expert's covariance factor")
     parser.add_argument("--mose-samples", type=int, default=4, help="mose: training samples per expert")
     parser.add_argument("--mose-gamma", type=float, default=0.5, help="mose: capacity of a sample in the OT plan")
     parser.add_argument(

@@ -168,6 +168,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--mose-gate-pooling", choices=("mean", "mean_max"), default="mean_max", help="mose: the gate's pooling"
     )
+    parser.add_argument("--mose-rank", type=int, default=1, help="mose: the rank the weights were made with")
     parser.add_argument(
         "--sample-scale", type=float, default=1.0, help="the sample_scale to sample with (a leaderboard row's)"
     )
@@ -183,7 +184,11 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     command = f"python benchmarks/diagnose_lesions2d.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     net, _, _ = build(
-        args.model, tuple(args.channels), latent_dim=args.latent_dim, mose_gate_pooling=args.mose_gate_pooling
+        args.model,
+        tuple(args.channels),
+        latent_dim=args.latent_dim,
+        mose_gate_pooling=args.mose_gate_pooling,
+        mose_rank=args.mose_rank,
     )
     try:
         net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
