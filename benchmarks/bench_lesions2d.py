@@ -514,6 +514,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     args.commands = [cmd]
+    if args.val_cases < 0:
+        parser.error(f"--val-cases must be >= 0, got {args.val_cases}.")
+    if not all(np.isfinite(s) and s > 0 for s in args.scales):
+        parser.error(f"--scales must be finite numbers > 0, got {args.scales}.")
     if args.samples % 4:
         parser.error(f"--samples must be a multiple of the 4 annotators (HM-IoU), got {args.samples}.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -169,3 +169,9 @@ def test_calibrate_lesions2d_scale_picks_the_lowest_validation_ged(tmp_path, mon
     # less noise, fewer samples that flip the whole background
     assert out["rows"][1]["whole_image"] <= out["rows"][0]["whole_image"]
     assert (tmp_path / "calibration.md").is_file() and (tmp_path / "calibration.json").is_file()
+
+
+@pytest.mark.parametrize("bad", [["--scales", "0"], ["--scales", "1", "nan"], ["--val-cases", "-1"]])
+def test_leaderboard_rejects_bad_calibration_options(scripts, bad):
+    with pytest.raises(SystemExit):
+        scripts[0].main(["--models", "unet", "--iterations", "1", "--train-cases", "2", "--test-cases", "2", *bad])

@@ -637,8 +637,10 @@ class AnatomicalPriorSegmentation(_LatentGrid, DistributionModel):
         Args:
             x: image ``(B, in_channels, *spatial)``.
         """
+        if self.bias_field_order == 0:  # no field: nothing to fit (the per-scan Gaussians do not change x)
+            return x, None
         fit = self.intensity_model(x)
-        return (x, None) if fit["log_bias"] is None else (fit["image"], fit["log_bias"])
+        return fit["image"], fit["log_bias"]
 
     def _intensity_log_likelihood(self, x: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
         """``log p(x_j | s_j = l)`` ``(B, C, *spatial)`` with the likelihood fitted to each image (inference)."""
