@@ -19,7 +19,10 @@ Loads weights saved by ``bench_lesions2d.py --save-dir`` and, on the same held-o
 - for the Mixture of Stochastic Experts, ``ged_expert_means``: ``--samples`` experts drawn from the gate
   (``choose_experts``), each sample its expert's noise-free mask (``argmax mu_k``): the GED without the experts'
   low-rank noise, and
-  ``expert_mean_mode_iou``: the gate-weighted IoU of each expert's noise-free mask with its nearest true mode;
+  ``expert_mean_mode_iou``: the gate-weighted IoU of each expert's noise-free mask with its nearest true mode,
+  and, per kind of mode, the gate mass of the experts that stand for it and the IoU of the best one
+  (:py:func:`expert_roles`);
+- ``ged_by_contrast``: the model's and the oracle's GED per lesion-contrast bin and each bin's share of the gap;
 - ``empty_rate_model`` and ``empty_rate_true``: over the cases where some annotators may see no lesion, the mean
   fraction of samples whose nearest mode is the empty mask, and the mean true probability of that mode.
 
@@ -60,6 +63,7 @@ from bench_lesions2d import build, case_groups, draw, evaluate, mode_ious, norma
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
+from monai_probseg.metrics import generalized_energy_distance  # noqa: E402
 from monai_probseg.networks.nets import gate_weights  # noqa: E402
 
 # the diagnosis columns that summarize_lesions2d.py adds to each run's row
@@ -76,7 +80,9 @@ DIAGNOSIS_COLUMNS = (
     "posterior_over_prior_sigma_top_dim",
     "ged_expert_means",
     "expert_mean_mode_iou",
+    "gate_mode_tv",
 )
+CONTRAST_BINS = (0.1, 0.3, 0.45, 0.7, 1.0 + 1e-9)  # lesion contrast is drawn from [0.1, 1]; 0.45: p_empty > 0 below
 
 
 @torch.no_grad()
@@ -115,6 +121,7 @@ def diagnose(name, net, cases, num_samples, seed):
     )
     oracle_modes = [torch.from_numpy(m) for m in oracle_modes]
     out["ged_oracle"] = evaluate(torch.from_numpy(np.stack(oracle_draws)).long(), annotations)["ged"]
+    out["ged_by_contrast"] = ged_by_contrast(cases, samples, torch.from_numpy(np.stack(oracle_draws)).long())
     chosen = torch.stack([best_per_mode[i][oracle_modes[i]] for i in range(len(cases))])
     out["ged_best_sample"] = evaluate(chosen, annotations)["ged"]
     if name == "prob_unet":
@@ -156,7 +163,75 @@ def diagnose(name, net, cases, num_samples, seed):
                 ]
             )
         )
+        out.update(expert_roles(cases, modes, expert_masks, weights))
     return out
+
+
+def ged_by_contrast(cases, samples, oracle, contrast_bins=CONTRAST_BINS):
+    """The GED of the model and of the oracle per lesion-contrast bin, and each bin's share of the GED gap.
+
+    ``{"<lo>-<hi>": {"cases", "model", "oracle", "share_of_gap"}}``: where the model loses to the oracle, the faint
+    lesions (whose boundary the noise hides, and that annotators may leave empty) or the clear ones.
+    """
+    annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
+    contrast = np.array([c["params"]["contrast"] for c in cases])
+    model = generalized_energy_distance(samples, annotations, num_classes=2)
+    truth = generalized_energy_distance(oracle, annotations, num_classes=2)
+    gap = float((model - truth).sum())
+    out = {}
+    for lo, hi in zip(contrast_bins[:-1], contrast_bins[1:]):
+        mask = torch.from_numpy((contrast >= lo) & (contrast < hi))
+        if mask.any():
+            out[f"{lo:g}-{hi:g}"] = {
+                "cases": int(mask.sum()),
+                "model": float(model[mask].mean()),
+                "oracle": float(truth[mask].mean()),
+                "share_of_gap": float((model[mask] - truth[mask]).sum()) / gap if gap else float("nan"),
+            }
+    return out
+
+
+def expert_roles(cases, modes, expert_masks, weights, contrast_bins=CONTRAST_BINS):
+    """Which true mode each MoSE expert's noise-free mask stands for, and the gate mass it gets.
+
+    Per kind of mode (``empty``, ``tight``, ``generous``, ``tight+satellite``, ``generous+satellite``; a merged mode
+    counts as its first name), over the held-out cases that have it: ``p_true``, its mean true probability;
+    ``gate_mass``, the mean gate weight of the experts whose mask is nearest to it (what the gate gives that mode
+    when the experts are read as modes); ``best_expert_iou``, the mean IoU of the expert mask closest to it. Also
+    ``gate_mode_tv``, the mean total-variation distance between those gate masses and the true probabilities, and
+    ``best_expert_iou_by_contrast``: the ``tight`` / ``generous`` modes' ``best_expert_iou`` per lesion-contrast bin.
+    """
+    kinds, tv, by_contrast = {}, [], {k: [[] for _ in contrast_bins[:-1]] for k in ("tight", "generous")}
+    for i, case in enumerate(cases):
+        probs = np.array([p for _, p in case["modes"]])
+        iou = mode_ious(expert_masks[i], modes[i]).numpy()  # (K, M)
+        mass = np.bincount(iou.argmax(1), weights=weights[i].double().numpy(), minlength=len(probs))
+        tv.append(0.5 * float(np.abs(mass - probs).sum()))
+        level = int(np.searchsorted(contrast_bins, case["params"]["contrast"], side="right")) - 1
+        for m, name in enumerate(case["mode_names"]):
+            kind = name.split("=")[0]
+            kinds.setdefault(kind, []).append((probs[m], mass[m], iou[:, m].max()))
+            if kind in by_contrast and 0 <= level < len(contrast_bins) - 1:
+                by_contrast[kind][level].append(iou[:, m].max())
+    return {
+        "gate_mode_tv": float(np.mean(tv)),
+        "mode_kinds": {
+            kind: {
+                "cases": len(v),
+                "p_true": float(np.mean([r[0] for r in v])),
+                "gate_mass": float(np.mean([r[1] for r in v])),
+                "best_expert_iou": float(np.mean([r[2] for r in v])),
+            }
+            for kind, v in kinds.items()
+        },
+        "best_expert_iou_by_contrast": {
+            kind: {
+                f"{lo:g}-{hi:g}": (float(np.mean(v)) if v else float("nan"))
+                for lo, hi, v in zip(contrast_bins[:-1], contrast_bins[1:], levels)
+            }
+            for kind, levels in by_contrast.items()
+        },
+    }
 
 
 def main(argv=None) -> dict:
@@ -203,8 +278,19 @@ def main(argv=None) -> dict:
     md = (
         f"# Where the GED comes from: {args.model}, {args.test_cases} held-out cases, {args.samples} samples\n\n"
         + md_table([row], cols)
-        + f"\n\nCommand: `{command}`\n"
     )
+    by_bin = [{"contrast": k, **v} for k, v in row["ged_by_contrast"].items()]
+    md += "\n\nGED by lesion contrast (`ged_by_contrast`):\n\n" + md_table(
+        by_bin, ["contrast", "cases", "model", "oracle", "share_of_gap"]
+    )
+    if "mode_kinds" in row:
+        kinds = [{"mode": k, **v} for k, v in row["mode_kinds"].items()]
+        md += "\n\nThe experts' noise-free masks read as modes (`expert_roles`):\n\n" + md_table(
+            kinds, ["mode", "cases", "p_true", "gate_mass", "best_expert_iou"]
+        )
+        by = [{"mode": k, **v} for k, v in row["best_expert_iou_by_contrast"].items()]
+        md += "\n\n`best_expert_iou` by lesion contrast:\n\n" + md_table(by, list(by[0]))
+    md += f"\n\nCommand: `{command}`\n"
     results = {"machine": machine_info(), "args": vars(args), "command": command, "rows": [row]}
     write_results(args.name, results, md)
     print(md)

@@ -175,3 +175,77 @@ def test_calibrate_lesions2d_scale_picks_the_lowest_validation_ged(tmp_path, mon
 def test_leaderboard_rejects_bad_calibration_options(scripts, bad):
     with pytest.raises(SystemExit):
         scripts[0].main(["--models", "unet", "--iterations", "1", "--train-cases", "2", "--test-cases", "2", *bad])
+
+
+def test_floor_of_exact_frequencies_with_imperfect_masks(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_PROBSEG_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import bench_lesions2d
+    import floor_lesions2d
+
+    try:
+        small = ["--size", "32", "--test-cases", "6", "--samples", "8"]
+        out = floor_lesions2d.main([*small, "--amplitudes", "0", "0.3", "--name", "floor"])
+        bench = bench_lesions2d.main(
+            ["--models", "unet", "--iterations", "1", "--batch-size", "2", "--train-cases", "2", "--val-cases", "0"]
+            + [*small, "--channels", "4", "8", "--name", "lb"]
+        )
+    finally:
+        for name in ("floor_lesions2d", "bench_lesions2d", "_common"):
+            sys.modules.pop(name, None)
+    rows = {(r["kind"], r["amplitude"]): r for r in out["rows"]}
+    # amplitude 0 draws exactly the leaderboard's oracle row
+    for kind in ("systematic", "per_sample"):
+        assert rows[kind, 0.0]["mode_iou"] == 1.0
+        assert rows[kind, 0.0]["ged"] == pytest.approx(bench["rows"][0]["ged"], abs=1e-6)
+        assert rows[kind, 0.0]["hm_iou"] == pytest.approx(bench["rows"][0]["hm_iou"], abs=1e-6)
+    # perturbed masks lose IoU with their mode, and a shared wrong mask costs GED
+    assert rows["systematic", 0.3]["mode_iou"] < 0.95 and rows["per_sample", 0.3]["mode_iou"] < 0.95
+    assert rows["systematic", 0.3]["ged_over_oracle"] > 1.0
+    assert (tmp_path / "results" / "floor.md").exists()
+
+
+def test_expert_roles_hand_computed(scripts):
+    import numpy as np
+    import torch
+
+    _, diagnose, _ = scripts
+    empty = np.zeros((8, 8), np.uint8)
+    tight = empty.copy()
+    tight[2:5, 2:5] = 1
+    generous = empty.copy()
+    generous[1:6, 1:6] = 1
+    case = {
+        "modes": [(empty, 0.2), (tight, 0.5), (generous, 0.3)],
+        "mode_names": ["empty", "tight", "generous"],
+        "params": {"contrast": 0.2},
+    }
+    modes = [torch.from_numpy(np.stack([m for m, _ in case["modes"]])).long()]
+    # three experts: generous, tight, and a shrunken tight (nearest to tight, IoU 4/9)
+    small = empty.copy()
+    small[2:4, 2:4] = 1
+    experts = torch.from_numpy(np.stack([generous, tight, small]))[None].long()
+    weights = torch.tensor([[0.6, 0.3, 0.1]])
+    out = diagnose.expert_roles([case], modes, experts, weights)
+    kinds = out["mode_kinds"]
+    assert kinds["empty"]["gate_mass"] == 0.0 and kinds["empty"]["best_expert_iou"] == 0.0
+    assert kinds["tight"]["gate_mass"] == pytest.approx(0.4) and kinds["tight"]["best_expert_iou"] == 1.0
+    assert kinds["generous"]["gate_mass"] == pytest.approx(0.6) and kinds["generous"]["p_true"] == 0.3
+    assert out["gate_mode_tv"] == pytest.approx(0.5 * (0.2 + 0.1 + 0.3))
+    assert out["best_expert_iou_by_contrast"]["tight"]["0.1-0.3"] == 1.0
+    assert np.isnan(out["best_expert_iou_by_contrast"]["generous"]["0.45-0.7"])
+
+
+def test_mose_diagnosis(scripts, tmp_path):
+    bench, diagnose, _ = scripts
+    common = ["--iterations", "2", "--batch-size", "2", "--size", "32", "--train-cases", "4", "--test-cases", "4"]
+    common += ["--samples", "4", "--channels", "4", "8", "--threads", "1", "--val-cases", "0"]
+    bench.main(["--models", "mose", "--name", "mo", "--save-dir", str(tmp_path / "w"), *common])
+    row = diagnose.main(
+        ["--model", "mose", "--weights", str(tmp_path / "w" / "mo_mose.pt"), "--channels", "4", "8"]
+        + ["--size", "32", "--test-cases", "4", "--samples", "4", "--name", "mo_diagnosis"]
+    )["rows"][0]
+    assert 0.0 <= row["gate_mode_tv"] <= 1.0 and 0.0 <= row["expert_mean_mode_iou"] <= 1.0
+    for kind in row["mode_kinds"].values():
+        assert 0.0 <= kind["p_true"] <= 1.0 and 0.0 <= kind["gate_mass"] <= 1.0 + 1e-6
+    assert "best_expert_iou" in (tmp_path / "results" / "mo_diagnosis.md").read_text()
