@@ -700,10 +700,10 @@ def main(argv=None) -> dict:
         row["diversity_over_oracle"] = row["diversity_samples"] / oracle_row["diversity_samples"]
         if det is not None:
             row["ged_over_unet"] = row["ged"] / det["ged"]
-            if "seconds_per_iteration" in row and "seconds_per_iteration" in det:
-                row["train_step_over_unet"] = row["seconds_per_iteration"] / det["seconds_per_iteration"]
         if row.get("unet_step_seconds") and row["model"] != "unet":  # a U-Net step timed by the row's own run
             row["train_step_over_unet"] = row["seconds_per_iteration"] / row["unet_step_seconds"]
+        elif det is not None and "seconds_per_iteration" in row and "seconds_per_iteration" in det:
+            row["train_step_over_unet"] = row["seconds_per_iteration"] / det["seconds_per_iteration"]
 
     results = {"machine": machine_info(), "args": vars(args), "rows": rows}
     cols = [

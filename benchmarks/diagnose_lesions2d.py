@@ -63,7 +63,6 @@ from bench_lesions2d import build, case_groups, draw, evaluate, mode_ious, norma
 
 from monai_probseg.data.synthetic import ambiguous_lesions_2d, sample_oracle  # noqa: E402
 from monai_probseg.losses import gaussian_kl_divergence  # noqa: E402
-from monai_probseg.metrics import generalized_energy_distance  # noqa: E402
 from monai_probseg.networks.nets import gate_weights  # noqa: E402
 
 # the diagnosis columns that summarize_lesions2d.py adds to each run's row
@@ -90,6 +89,8 @@ def diagnose(name, net, cases, num_samples, seed):
     x = normalise(np.stack([c["image"] for c in cases]))  # as bench_lesions2d.py
     annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
     samples = draw(name, net, x, num_samples, seed)  # the same samples as bench_lesions2d.py evaluates
+    bins = contrast_groups(cases)
+    sample_scores = evaluate(samples, annotations, bins)
     may_be_empty = case_groups(cases)["may_be_empty"]  # then the empty mode comes first
     modes = [torch.from_numpy(np.stack([m for m, _ in c["modes"]])).long() for c in cases]
     best, above, tv, empty_model, empty_true, best_per_mode = [], [], [], [], [], []
@@ -108,7 +109,7 @@ def diagnose(name, net, cases, num_samples, seed):
             empty_true.append(float(probs[0]))
     out = {
         "model": name,
-        "ged": evaluate(samples, annotations)["ged"],
+        "ged": sample_scores["ged"],
         "ged_snapped": evaluate(snapped, annotations)["ged"],
         "nearest_mode_iou": float(np.mean(best)),
         "frac_iou_above_0.9": float(np.mean(above)),
@@ -120,8 +121,9 @@ def diagnose(name, net, cases, num_samples, seed):
         *(sample_oracle(c, num_samples, seed=i, return_indices=True) for i, c in enumerate(cases))
     )
     oracle_modes = [torch.from_numpy(m) for m in oracle_modes]
-    out["ged_oracle"] = evaluate(torch.from_numpy(np.stack(oracle_draws)).long(), annotations)["ged"]
-    out["ged_by_contrast"] = ged_by_contrast(cases, samples, torch.from_numpy(np.stack(oracle_draws)).long())
+    oracle_scores = evaluate(torch.from_numpy(np.stack(oracle_draws)).long(), annotations, bins)
+    out["ged_oracle"] = oracle_scores["ged"]
+    out["ged_by_contrast"] = ged_by_contrast(bins, sample_scores, oracle_scores)
     chosen = torch.stack([best_per_mode[i][oracle_modes[i]] for i in range(len(cases))])
     out["ged_best_sample"] = evaluate(chosen, annotations)["ged"]
     if name == "prob_unet":
@@ -167,26 +169,40 @@ def diagnose(name, net, cases, num_samples, seed):
     return out
 
 
-def ged_by_contrast(cases, samples, oracle, contrast_bins=CONTRAST_BINS):
+def contrast_levels(cases, contrast_bins=CONTRAST_BINS) -> np.ndarray:
+    """The lesion-contrast bin of every case, ``(B,)`` int (-1 outside the bins)."""
+    contrast = np.array([c["params"]["contrast"] for c in cases])
+    level = np.searchsorted(contrast_bins, contrast, side="right") - 1
+    return np.where(level < len(contrast_bins) - 1, level, -1)
+
+
+def contrast_groups(cases, contrast_bins=CONTRAST_BINS) -> dict[str, torch.Tensor]:
+    """The held-out cases split by lesion contrast, ``"<lo>-<hi>"`` -> boolean case mask (``evaluate``'s groups)."""
+    level = contrast_levels(cases, contrast_bins)
+    names = [f"{lo:g}-{hi:g}" for lo, hi in zip(contrast_bins[:-1], contrast_bins[1:])]
+    return {name: torch.from_numpy(level == i) for i, name in enumerate(names)}
+
+
+def ged_by_contrast(groups, scores, oracle_scores):
     """The GED of the model and of the oracle per lesion-contrast bin, and each bin's share of the GED gap.
 
-    ``{"<lo>-<hi>": {"cases", "model", "oracle", "share_of_gap"}}``: where the model loses to the oracle, the faint
-    lesions (whose boundary the noise hides, and that annotators may leave empty) or the clear ones.
+    ``groups``: :py:func:`contrast_groups`; ``scores`` / ``oracle_scores``: ``evaluate(..., groups)`` of the model's
+    samples and of the oracle's draws. Returns ``{"<lo>-<hi>": {"cases", "model", "oracle", "share_of_gap"}}``:
+    where the model loses to the oracle, the faint lesions (whose boundary the noise hides, and that annotators may
+    leave empty) or the clear ones.
     """
-    annotations = torch.from_numpy(np.stack([c["label"] for c in cases])).long()
-    contrast = np.array([c["params"]["contrast"] for c in cases])
-    model = generalized_energy_distance(samples, annotations, num_classes=2)
-    truth = generalized_energy_distance(oracle, annotations, num_classes=2)
-    gap = float((model - truth).sum())
+    total = sum(int(mask.sum()) for mask in groups.values())
+    gap = (scores["ged"] - oracle_scores["ged"]) * total
     out = {}
-    for lo, hi in zip(contrast_bins[:-1], contrast_bins[1:]):
-        mask = torch.from_numpy((contrast >= lo) & (contrast < hi))
-        if mask.any():
-            out[f"{lo:g}-{hi:g}"] = {
-                "cases": int(mask.sum()),
-                "model": float(model[mask].mean()),
-                "oracle": float(truth[mask].mean()),
-                "share_of_gap": float((model[mask] - truth[mask]).sum()) / gap if gap else float("nan"),
+    for name, mask in groups.items():
+        n = int(mask.sum())
+        if n:
+            model, oracle = scores[f"ged_{name}"], oracle_scores[f"ged_{name}"]
+            out[name] = {
+                "cases": n,
+                "model": model,
+                "oracle": oracle,
+                "share_of_gap": (model - oracle) * n / gap if gap else float("nan"),
             }
     return out
 
@@ -202,17 +218,17 @@ def expert_roles(cases, modes, expert_masks, weights, contrast_bins=CONTRAST_BIN
     ``best_expert_iou_by_contrast``: the ``tight`` / ``generous`` modes' ``best_expert_iou`` per lesion-contrast bin.
     """
     kinds, tv, by_contrast = {}, [], {k: [[] for _ in contrast_bins[:-1]] for k in ("tight", "generous")}
+    levels = contrast_levels(cases, contrast_bins)
     for i, case in enumerate(cases):
         probs = np.array([p for _, p in case["modes"]])
         iou = mode_ious(expert_masks[i], modes[i]).numpy()  # (K, M)
         mass = np.bincount(iou.argmax(1), weights=weights[i].double().numpy(), minlength=len(probs))
         tv.append(0.5 * float(np.abs(mass - probs).sum()))
-        level = int(np.searchsorted(contrast_bins, case["params"]["contrast"], side="right")) - 1
         for m, name in enumerate(case["mode_names"]):
             kind = name.split("=")[0]
             kinds.setdefault(kind, []).append((probs[m], mass[m], iou[:, m].max()))
-            if kind in by_contrast and 0 <= level < len(contrast_bins) - 1:
-                by_contrast[kind][level].append(iou[:, m].max())
+            if kind in by_contrast and levels[i] >= 0:
+                by_contrast[kind][levels[i]].append(iou[:, m].max())
     return {
         "gate_mode_tv": float(np.mean(tv)),
         "mode_kinds": {
