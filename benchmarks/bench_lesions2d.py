@@ -195,6 +195,7 @@ def build(
             cost=options.get("mose_cost", "iou"),
             gamma=options.get("mose_gamma", 0.5),
             solver=options.get("mose_solver", "sinkhorn"),
+            ce_weight=options.get("mose_ce_weight", 0.0),
         )
         return net, loss, LEARNING_RATES["mose"]
     raise ValueError(f"unknown model '{name}', expected one of {MODELS}.")
@@ -471,6 +472,7 @@ def _options(args) -> dict:
         "mose_gate_pooling": args.mose_gate_pooling,
         "mose_cost": args.mose_cost,
         "mose_features": args.mose_features,
+        "mose_ce_weight": args.mose_ce_weight,
     }
 
 
@@ -528,6 +530,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--mose-features", type=int, default=32, help="mose: feature maps of the UNet backbone")
     parser.add_argument("--mose-cost", choices=("iou", "ce"), default="iou", help="mose: matching cost (MoSELoss)")
+    parser.add_argument(
+        "--mose-ce-weight", type=float, default=0.0, help="mose: weight of the matched pairs' cross-entropy"
+    )
     parser.add_argument("--mose-solver", choices=("exact", "sinkhorn"), default="sinkhorn", help="mose: OT solver")
     parser.add_argument("--save-dir", default=None, help="save each trained model's state_dict here")
     parser.add_argument("--threads", type=int, default=1)

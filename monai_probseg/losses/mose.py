@@ -205,8 +205,15 @@ class MoSELoss(_Loss):
     is ``1 / N`` of ours); the optional soft grouping of experts (their Cityscapes setting) is not implemented; the
     ``"ce"`` cost includes the background.
 
+    ``ce_weight > 0`` (not in the paper) adds the cross-entropy of every matched pair to the matching term,
+    ``L = sum_nm P*_nm (c_nm + ce_weight * CE_nm) + beta * KL``, with the plan still chosen by ``cost``: the soft
+    IoU sets which annotation each sample answers for (it matches empty annotations well, the cross-entropy cost
+    does not), the cross-entropy gives every boundary voxel a gradient of its own, which the IoU (a ratio of sums
+    over the image) spreads thin (nnU-Net's Dice + cross-entropy, Isensee et al. 2021).
+
     Args:
         cost: ``"iou"`` (default, the paper's) or ``"ce"``, see :py:func:`pairwise_seg_cost`.
+        ce_weight: weight of the matched pairs' cross-entropy in the matching term (0: the paper's loss).
         beta: weight of the KL term of the gate.
         gamma: capacity of each sample in the plan.
         solver: ``"exact"`` or ``"sinkhorn"``, see :py:func:`matching_plan`.
@@ -234,9 +241,13 @@ class MoSELoss(_Loss):
         smooth: float = 1.0,
         reduction: LossReduction | str = LossReduction.MEAN,
         return_dict: bool = False,
+        ce_weight: float = 0.0,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         self.cost = look_up_option(cost, ("iou", "ce"))
+        if not (np.isfinite(ce_weight) and ce_weight >= 0):
+            raise ValueError(f"ce_weight must be a finite number >= 0, got {ce_weight!r}.")
+        self.ce_weight = float(ce_weight)
         self.solver = look_up_option(solver, ("exact", "sinkhorn"))
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}.")
@@ -288,6 +299,11 @@ class MoSELoss(_Loss):
         costs = pairwise_seg_cost(probs, target, self.cost, self.include_background, self.smooth)
         plan = matching_plan(costs, target_weights, self.gamma, self.solver).to(costs)
         match = (plan * costs).sum((1, 2))
+        if self.ce_weight > 0:  # from log_softmax: no clamp, a gradient for confident mistakes too
+            log_p = torch.log_softmax(logits.float(), dim=2).flatten(3)  # (B, N, C, V)
+            y = F.one_hot(target.flatten(2).long().to(log_p.device), log_p.shape[2]).to(log_p.dtype)  # (B, M, V, C)
+            ce = -torch.einsum("bncv,bmvc->bnm", log_p, y) / log_p.shape[-1]  # one matrix product per image
+            match = match + self.ce_weight * (plan * ce).sum((1, 2))
         marginal = plan.sum(2)
         u = sample_weights.float().clamp_min(1e-8)
         gate_kl = torch.xlogy(marginal, marginal).sum(1) - (marginal * torch.log(u)).sum(1)

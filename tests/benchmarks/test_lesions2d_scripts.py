@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
@@ -249,3 +250,34 @@ def test_mose_diagnosis(scripts, tmp_path):
     for kind in row["mode_kinds"].values():
         assert 0.0 <= kind["p_true"] <= 1.0 and 0.0 <= kind["gate_mass"] <= 1.0 + 1e-6
     assert "best_expert_iou" in (tmp_path / "results" / "mo_diagnosis.md").read_text()
+
+
+def test_fit_of_the_generators_parameters(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_PROBSEG_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import floor_lesions2d
+
+    from monai_probseg.data.synthetic import ambiguous_lesions_2d, lesion_regions
+
+    try:
+        # without noise the truth is an exact fit: a perturbed start must find it again (or one as good)
+        case = ambiguous_lesions_2d(1, (32, 32), seed=2, noise=0.0)[0]
+        fitted, info = floor_lesions2d.fit_lesion(case, case, starts=1)
+        assert info["true_residual"] == pytest.approx(0.0, abs=1e-10) and info["residual"] <= 1e-10
+        fitted, info = floor_lesions2d.fit_lesion(case, case, starts=3, rng=np.random.default_rng(1))
+        assert info["residual"] <= info["true_residual"] + 1e-9
+        tight = lesion_regions(fitted, (32, 32))["tight"]
+        np.testing.assert_array_equal(tight, lesion_regions(case["params"], (32, 32))["tight"])
+        out = floor_lesions2d.main(
+            ["--size", "32", "--test-cases", "4", "--samples", "8", "--amplitudes", "0"]
+            + ["--fit", "--fit-starts", "2", "--name", "fit"]
+        )
+    finally:
+        for name in ("floor_lesions2d", "bench_lesions2d", "diagnose_lesions2d", "_common"):
+            sys.modules.pop(name, None)
+    rows = {r["kind"]: r for r in out["rows"]}
+    fit = rows["fit_true_frequencies"]
+    assert 0.5 < fit["mode_iou"] <= 1.0 and fit["ged_over_oracle"] > 0
+    assert rows["fit_fitted_frequencies"]["hm_iou"] > 0
+    assert len(out["fit_cases"]) == 4 and all(c["residual"] <= c["true_residual"] + 1e-9 for c in out["fit_cases"])
+    assert sum(b["cases"] for b in out["fit_by_contrast"]) == 4

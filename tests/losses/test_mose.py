@@ -124,3 +124,31 @@ def test_bad_inputs_are_named():
         loss_fn({"logits": SAMPLES}, _labels((0,)))
     with pytest.raises(ValueError, match="gamma"):
         matching_plan(torch.rand(1, 2, 3), gamma=0.25)
+
+
+def test_ce_weight_adds_the_matched_pairs_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 2, 4, 4)
+    weights = torch.softmax(torch.randn(2, 6), 1)
+    labels = (torch.rand(2, 3, 4, 4) > 0.5).long()
+    base = MoSELoss(gamma=0.5, return_dict=True)(logits, labels, sample_weights=weights)
+    with_ce = MoSELoss(gamma=0.5, return_dict=True, ce_weight=2.0)(logits, labels, sample_weights=weights)
+    # the plan is the IoU cost's; each pair adds 2 x its mean voxel cross-entropy, computed here by hand
+    plan = matching_plan(pairwise_seg_cost(logits.softmax(2), labels), gamma=0.5)
+    log_p = logits.log_softmax(2)
+    ce = torch.zeros(2, 6, 3)
+    for b in range(2):
+        for n in range(6):
+            for m in range(3):
+                picked = torch.where(labels[b, m] == 1, log_p[b, n, 1], log_p[b, n, 0])
+                ce[b, n, m] = -picked.mean()
+    expected = base["match"] + 2.0 * (plan * ce).sum((1, 2)).mean()
+    torch.testing.assert_close(with_ce["match"], expected)
+    torch.testing.assert_close(with_ce["gate_kl"], base["gate_kl"])
+    # a confident mistake still has a gradient (no clamp of the probabilities)
+    hard = _hard_logits((0, 1)).requires_grad_(True)
+    loss = MoSELoss(gamma=1.0, ce_weight=1.0)(hard * 2, _labels((2, 3)), sample_weights=torch.ones(1, 1))
+    loss.backward()
+    assert torch.isfinite(loss) and hard.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ce_weight"):
+        MoSELoss(ce_weight=-1.0)

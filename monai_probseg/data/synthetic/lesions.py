@@ -50,6 +50,9 @@ __all__ = [
     "LesionModeNames",
     "ambiguous_lesions_2d",
     "lesion_mode_probabilities",
+    "lesion_modes",
+    "lesion_regions",
+    "lesion_signal",
     "sample_oracle",
     "match_modes",
     "write_ambiguous_lesions_2d",
@@ -115,6 +118,97 @@ def lesion_mode_probabilities(contrast: float, halo: float, satellite: float | N
     return {"empty": p_empty, "generous": p_generous, "satellite": p_satellite}
 
 
+def lesion_regions(params: dict[str, Any], size: Sequence[int]) -> dict[str, np.ndarray]:
+    """The boolean regions of a lesion with the geometry ``params`` (a case's ``"params"``) on a ``size`` grid.
+
+    The tight region is a lobulated ellipse, ``q(y, x) <= 1`` with ``q = hypot(u / a, v / b) / lobe``, ``(u, v)``
+    the coordinates rotated by ``angle`` about ``center``, ``(a, b)`` the ``axes`` and ``lobe = 1 +
+    lobe_amplitude * cos(lobes * atan2(v / b, u / a) + lobe_phase)``; the generous region is the same with both
+    axes grown by ``halo_width``; the core is ``q <= core_fraction``; the satellite is the disc of
+    ``satellite_radius`` about ``satellite_center`` outside the generous region. Pixel centres decide
+    membership. :func:`ambiguous_lesions_2d` draws its masks and its image from these regions, so a fit of the
+    parameters to an image gives masks exactly as the generator would draw them.
+
+    Returns:
+        ``{"tight", "generous", "core", "satellite"}``: ``(H, W)`` boolean arrays.
+    """
+    h, w = (int(n) for n in size)
+    yy, xx = np.ogrid[:h, :w]
+    yy = yy.astype(np.float32)
+    xx = xx.astype(np.float32)
+    cy, cx = params["center"]
+    a, b = params["axes"]
+    width, theta = params["halo_width"], params["angle"]
+    u = np.cos(theta) * (yy - cy) + np.sin(theta) * (xx - cx)
+    v = -np.sin(theta) * (yy - cy) + np.cos(theta) * (xx - cx)
+    lobe = 1.0 + params["lobe_amplitude"] * np.cos(params["lobes"] * np.arctan2(v / b, u / a) + params["lobe_phase"])
+    q_tight = np.sqrt((u / a) ** 2 + (v / b) ** 2) / lobe
+    q_generous = np.sqrt((u / (a + width)) ** 2 + (v / (b + width)) ** 2) / lobe
+    generous = q_generous <= 1.0
+    sy, sx = params["satellite_center"]
+    r_sat = params["satellite_radius"]
+    return {
+        "tight": q_tight <= 1.0,
+        "generous": generous,
+        "core": q_tight <= params["core_fraction"],
+        "satellite": ((yy - sy) ** 2 + (xx - sx) ** 2 <= r_sat**2) & ~generous,
+    }
+
+
+def lesion_signal(params: dict[str, Any], regions: dict[str, np.ndarray], num_classes: int = 2) -> np.ndarray:
+    """The lesion's part of the image: ``contrast * gaussian_filter(profile, blur)``, float32 ``(H, W)``.
+
+    ``profile`` is ``halo`` on the generous region, 1 on the tight one (0.45 on the core when ``num_classes``
+    is 3), ``satellite`` on the satellite when ``has_satellite``, 0 elsewhere; ``regions`` is
+    :func:`lesion_regions`'s. The generator's image adds a smooth texture and white noise to it.
+    """
+    profile = np.zeros(regions["tight"].shape, np.float32)
+    profile[regions["generous"]] = params["halo"]
+    profile[regions["tight"]] = 1.0
+    if num_classes == 3:  # a darker centre (core, label 1) inside a bright rim (label 2)
+        profile[regions["core"]] = 0.45
+    if params["has_satellite"]:
+        profile[regions["satellite"]] = params["satellite"]
+    return params["contrast"] * gaussian_filter(profile, params["blur"], mode="nearest")
+
+
+def lesion_modes(
+    params: dict[str, Any], regions: dict[str, np.ndarray], num_classes: int = 2
+) -> tuple[list[tuple[np.ndarray, float]], list[str]]:
+    """The true distribution of a lesion: its distinct masks, their probabilities and names.
+
+    Up to five masks: empty, and tight / generous (``regions`` of :func:`lesion_regions`) with or without the
+    satellite when ``params["has_satellite"]``; their probabilities are the products of the independent
+    choices of :func:`lesion_mode_probabilities` (``contrast``, ``halo``, ``satellite`` of ``params``).
+    Zero-probability masks are dropped and equal ones merged (names joined by ``=``).
+
+    Returns:
+        ``(modes, names)``: ``modes`` a list of ``(uint8 (H, W) mask, probability)`` summing to 1.
+    """
+    satellite = params["satellite"] if params["has_satellite"] else None
+    probs = lesion_mode_probabilities(params["contrast"], params["halo"], satellite)
+    fg = 2 if num_classes == 3 else 1
+    shape = regions["tight"].shape
+    masks, mode_probs, names = [np.zeros(shape, np.uint8)], [probs["empty"]], ["empty"]
+    for boundary_name, region, p_b in (
+        ("tight", regions["tight"], 1 - probs["generous"]),
+        ("generous", regions["generous"], probs["generous"]),
+    ):
+        for sat_name, use_sat, p_s in (("", False, 1 - probs["satellite"]), ("+satellite", True, probs["satellite"])):
+            if use_sat and satellite is None:
+                continue
+            mask = np.zeros(shape, np.uint8)
+            mask[region] = fg
+            if num_classes == 3:
+                mask[regions["core"]] = 1
+            if use_sat:
+                mask[regions["satellite"]] = fg
+            masks.append(mask)
+            mode_probs.append((1 - probs["empty"]) * p_b * p_s)
+            names.append(boundary_name + sat_name)
+    return _merge_modes(masks, mode_probs, names)
+
+
 def _merge_modes(
     masks: list[np.ndarray], probs: list[float], names: list[str]
 ) -> tuple[list[tuple[np.ndarray, float]], list[str]]:
@@ -145,9 +239,6 @@ def _one_case(
 ) -> dict[str, Any]:
     h, w = size
     s = float(min(h, w))
-    yy, xx = np.ogrid[:h, :w]
-    yy = yy.astype(np.float32)
-    xx = xx.astype(np.float32)
 
     # visible parameters
     contrast = float(rng.uniform(*CONTRAST_RANGE))
@@ -163,14 +254,6 @@ def _one_case(
     theta = float(rng.uniform(0, np.pi))
     lobes, lobe_amp, lobe_phase = int(rng.integers(2, 6)), float(rng.uniform(0, 0.15)), float(rng.uniform(0, 2 * np.pi))
     core_frac = float(rng.uniform(0.4, 0.6))
-    u = np.cos(theta) * (yy - cy) + np.sin(theta) * (xx - cx)
-    v = -np.sin(theta) * (yy - cy) + np.cos(theta) * (xx - cx)
-    lobe = 1.0 + lobe_amp * np.cos(lobes * np.arctan2(v / b, u / a) + lobe_phase)
-    q_tight = np.sqrt((u / a) ** 2 + (v / b) ** 2) / lobe
-    q_generous = np.sqrt((u / (a + width)) ** 2 + (v / (b + width)) ** 2) / lobe
-    tight = q_tight <= 1.0
-    generous = q_generous <= 1.0
-    core = q_tight <= core_frac
 
     # the satellite: a small disc beside the lesion, roughly towards the image centre
     r_sat = max(1.5, float(rng.uniform(0.03, 0.045)) * s)
@@ -178,44 +261,35 @@ def _one_case(
     angle = np.arctan2((h - 1) / 2 - cy, (w - 1) / 2 - cx) + rng.uniform(-np.pi / 2, np.pi / 2)
     sy = float(np.clip(cy + dist * np.sin(angle), r_sat, h - 1 - r_sat))
     sx = float(np.clip(cx + dist * np.cos(angle), r_sat, w - 1 - r_sat))
-    sat_mask = ((yy - sy) ** 2 + (xx - sx) ** 2 <= r_sat**2) & ~generous
-    has_satellite = has_satellite and bool(sat_mask.any())
+    params = {
+        "contrast": contrast,
+        "halo": halo,
+        "satellite": satellite,
+        "has_satellite": has_satellite,
+        "blur": blur,
+        "center": (float(cy), float(cx)),
+        "axes": (float(a), float(b)),
+        "halo_width": float(width),
+        "angle": theta,
+        "lobes": lobes,
+        "lobe_amplitude": lobe_amp,
+        "lobe_phase": lobe_phase,
+        "core_fraction": core_frac,
+        "satellite_center": (sy, sx),
+        "satellite_radius": float(r_sat),
+    }
+    regions = lesion_regions(params, size)
+    has_satellite = has_satellite and bool(regions["satellite"].any())
+    params["has_satellite"] = has_satellite
 
     # the image: lesion + halo + satellite, blurred, on a smooth texture with white noise
-    profile = np.zeros((h, w), np.float32)
-    profile[generous] = halo
-    if num_classes == 3:  # a darker centre (core, label 1) inside a bright rim (label 2)
-        profile[tight] = 1.0
-        profile[core] = 0.45
-    else:
-        profile[tight] = 1.0
-    if has_satellite:
-        profile[sat_mask] = satellite
-    image = contrast * gaussian_filter(profile, blur, mode="nearest")
+    image = lesion_signal(params, regions, num_classes)
     image += 0.05 * smooth_field((h, w), 6, rng)
     image += noise * rng.standard_normal((h, w), dtype=np.float32)
 
     # the true distribution
     probs = lesion_mode_probabilities(contrast, halo, satellite if has_satellite else None)
-    fg = 2 if num_classes == 3 else 1
-    masks, mode_probs, names = [np.zeros((h, w), np.uint8)], [probs["empty"]], ["empty"]
-    for boundary_name, region, p_b in (
-        ("tight", tight, 1 - probs["generous"]),
-        ("generous", generous, probs["generous"]),
-    ):
-        for sat_name, use_sat, p_s in (("", False, 1 - probs["satellite"]), ("+satellite", True, probs["satellite"])):
-            if use_sat and not has_satellite:
-                continue
-            mask = np.zeros((h, w), np.uint8)
-            mask[region] = fg
-            if num_classes == 3:
-                mask[core] = 1
-            if use_sat:
-                mask[sat_mask] = fg
-            masks.append(mask)
-            mode_probs.append((1 - probs["empty"]) * p_b * p_s)
-            names.append(boundary_name + sat_name)
-    modes, names = _merge_modes(masks, mode_probs, names)
+    modes, names = lesion_modes(params, regions, num_classes)
     mode_p = np.array([p for _, p in modes])
     draws = rng.choice(len(modes), size=num_annotators, p=mode_p / mode_p.sum())
     label = np.stack([modes[i][0] for i in draws]).astype(np.uint8)
@@ -227,15 +301,9 @@ def _one_case(
         "annotator_modes": draws.astype(np.int64),
         "case_id": f"lesion-{index:05d}",
         "params": {
-            "contrast": contrast,
-            "halo": halo,
+            **params,
             "satellite": satellite if has_satellite else float("nan"),
-            "has_satellite": has_satellite,
-            "blur": blur,
             "noise": float(noise),
-            "center": (float(cy), float(cx)),
-            "axes": (float(a), float(b)),
-            "halo_width": float(width),
             **{f"p_{k}": v for k, v in probs.items()},
         },
     }

@@ -196,3 +196,32 @@ def test_write_and_read_back(tmp_path):
     assert not [f for f in os.listdir(base) if f.startswith(".")]
     with pytest.raises(ValueError, match="does not exist"):
         read_lesion_modes(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_regions_signal_and_modes_redraw_the_case(num_classes):
+    """A case's params are the whole geometry: its modes and noise-free image are drawn again from them."""
+    from monai_probseg.data.synthetic import lesion_modes, lesion_regions, lesion_signal
+
+    noisy = ambiguous_lesions_2d(8, (48, 40), seed=4, num_classes=num_classes)
+    clean = ambiguous_lesions_2d(8, (48, 40), seed=4, num_classes=num_classes, noise=0.0)
+    for case, case0 in zip(noisy, clean):
+        params = dict(case["params"])
+        regions = lesion_regions(params, (48, 40))
+        assert set(regions) == {"tight", "generous", "core", "satellite"}
+        assert (regions["tight"] <= regions["generous"]).all() and not (
+            regions["satellite"] & regions["generous"]
+        ).any()
+        assert regions["satellite"].any() or not params["has_satellite"]
+        modes, names = lesion_modes(params, regions, num_classes)
+        assert names == case["mode_names"]
+        for (mask, p), (true_mask, true_p) in zip(modes, case["modes"]):
+            np.testing.assert_array_equal(mask, true_mask)
+            assert p == pytest.approx(true_p, abs=1e-12)
+        # the image is the lesion signal plus a texture and noise that the signal does not change
+        signal = lesion_signal(params, regions, num_classes)
+        texture = case0["image"][0] - signal
+        assert np.abs(texture).max() < 0.3  # 0.05 x a unit-sd smooth field
+        np.testing.assert_allclose(case["image"][0] - case0["image"][0], case["image"][0] - signal - texture, atol=1e-6)
+        if params["contrast"] > 0.5:
+            assert signal[regions["tight"]].mean() > signal[~regions["generous"]].mean() + 0.25
