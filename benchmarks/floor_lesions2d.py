@@ -28,6 +28,12 @@ the modes, and its GED ratio what an image-conditioned model can hope for. Two r
 the true frequencies (the oracle's draws), and drawn at the frequencies of the fitted contrast, halo and
 satellite brightness (a complete plug-in model).
 
+``--unet-budget S`` asks the same of a learnt model without the ambiguity: the leaderboard's U-Net (its
+channels, learning rate, batch and cosine schedule) trained for ``S`` seconds on the leaderboard's training cases
+with ONE unambiguous target per image, the tight mask (``lesion_regions``), and scored by its IoU with the tight
+mask of every held-out case, by lesion contrast. Its IoU is what a network of this size learns of one mode's
+boundary in the budget, where the fit's is what the image allows.
+
 Run (the canonical result, ``results/lesions2d_floor.md``; about 12 minutes on one thread, the fit 3 of them)::
 
     python benchmarks/floor_lesions2d.py --fit --name lesions2d_floor
@@ -49,7 +55,7 @@ from scipy.ndimage import gaussian_filter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
-from bench_lesions2d import evaluate, mode_ious  # noqa: E402
+from bench_lesions2d import LEARNING_RATES, _unet, evaluate, mode_ious, normalise, train  # noqa: E402
 from diagnose_lesions2d import CONTRAST_BINS, contrast_levels  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 
@@ -248,6 +254,38 @@ def fit_rows(cases, clean_cases, annotations, num_samples, starts=4, seed=0, ora
     return rows, by_contrast, per_case
 
 
+def unet_on_one_mode(test_cases, budget, train_cases=2000, seed=0, size=64, channels=(16, 32, 64, 128)) -> dict:
+    """The leaderboard's U-Net trained on the tight mask alone (module docstring): its IoU by lesion contrast."""
+    train_set = ambiguous_lesions_2d(train_cases, (size, size), num_annotators=1, seed=seed)
+
+    def tight(cases):
+        return np.stack([lesion_regions(c["params"], (size, size))["tight"] for c in cases]).astype(np.int64)
+
+    torch.manual_seed(seed)
+    net = _unet(tuple(channels))
+    x = normalise(np.stack([c["image"] for c in train_set]))
+    y = torch.from_numpy(tight(train_set))[:, None]
+    lr = LEARNING_RATES["unet"]
+    seconds, losses, _ = train("unet", net, None, lr, x, y, 10**6, 16, seed, budget=budget, schedule="cosine")
+    net.eval()
+    with torch.no_grad():
+        pred = net(normalise(np.stack([c["image"] for c in test_cases]))).argmax(1).numpy()
+    iou = np.array([_iou(p, t) for p, t in zip(pred, tight(test_cases))])
+    level = contrast_levels(test_cases)
+    return {
+        "budget": budget,
+        "train_cases": train_cases,
+        "iterations": len(losses),
+        "train_seconds": seconds,
+        "learning_rate": lr,
+        "iou": float(iou.mean()),
+        "iou_by_contrast": {
+            f"{lo:g}-{hi:g}": float(iou[level == b].mean()) if (level == b).any() else float("nan")
+            for b, (lo, hi) in enumerate(zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:]))
+        },
+    }
+
+
 def _mask_of(name, regions) -> np.ndarray:
     """The uint8 mask of a base mode name (``tight``, ``generous+satellite``, ...) drawn from ``regions``."""
     mask = np.zeros(regions["tight"].shape, np.uint8)
@@ -267,8 +305,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--amplitudes", type=float, nargs="+", default=list(AMPLITUDES))
     parser.add_argument("--fit", action="store_true", help="add the rows of the estimator that fits the generator")
     parser.add_argument("--fit-starts", type=int, default=4, help="--fit: starts per case (the first at the truth)")
+    parser.add_argument(
+        "--unet-budget", type=float, default=0.0, help="train the U-Net on the tight mask alone for this many seconds"
+    )
+    parser.add_argument("--unet-train-cases", type=int, default=2000, help="--unet-budget: training cases")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="lesions2d_floor", help="results file stem")
     args = parser.parse_args(argv)
+    if not (np.isfinite(args.unet_budget) and args.unet_budget >= 0) or args.unet_train_cases < 1:
+        parser.error(
+            f"--unet-budget must be >= 0 and --unet-train-cases >= 1, got {args.unet_budget}, {args.unet_train_cases}."
+        )
+    torch.set_num_threads(args.threads)
     if args.fit_starts < 1:
         parser.error(f"--fit-starts must be >= 1, got {args.fit_starts}.")
     if args.samples % 4:
@@ -298,6 +346,15 @@ def main(argv=None) -> dict:
             + f"\n\nFitted residual below the true parameters' on {below}"
             f" of {len(per_case)} cases; winning start (0 = the truth): {won.tolist()}."
         )
+    unet = None
+    if args.unet_budget > 0:
+        unet = unet_on_one_mode(cases, args.unet_budget, args.unet_train_cases, size=args.size)
+        fit_md += (
+            f"\n\n## The leaderboard's U-Net trained on one unambiguous mode\n\nThe tight mask of "
+            f"{args.unet_train_cases} training cases as the only target, {unet['iterations']} iterations in "
+            f"{args.unet_budget:g} s: IoU with the held-out tight masks {unet['iou']:.3f}; by lesion contrast:\n\n"
+            + md_table([{"contrast": k, "iou": v} for k, v in unet["iou_by_contrast"].items()], ["contrast", "iou"])
+        )
     md = (
         f"# The true mode frequencies with imperfect masks: {args.test_cases} held-out cases (seed "
         f"{args.test_seed}), {args.samples} samples, 4 annotators\n\n"
@@ -309,6 +366,8 @@ def main(argv=None) -> dict:
     results = {"machine": machine_info(), "args": vars(args), "rows": rows}
     if args.fit:
         results.update(fit_by_contrast=by_contrast, fit_cases=per_case)
+    if unet is not None:
+        results["unet_on_one_mode"] = unet
     write_results(args.name, results, md)
     print(md)
     return results

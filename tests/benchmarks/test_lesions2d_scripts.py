@@ -270,7 +270,7 @@ def test_fit_of_the_generators_parameters(tmp_path, monkeypatch):
         np.testing.assert_array_equal(tight, lesion_regions(case["params"], (32, 32))["tight"])
         out = floor_lesions2d.main(
             ["--size", "32", "--test-cases", "4", "--samples", "8", "--amplitudes", "0"]
-            + ["--fit", "--fit-starts", "2", "--name", "fit"]
+            + ["--fit", "--fit-starts", "2", "--unet-budget", "1", "--unet-train-cases", "4", "--name", "fit"]
         )
     finally:
         for name in ("floor_lesions2d", "bench_lesions2d", "diagnose_lesions2d", "_common"):
@@ -281,3 +281,7 @@ def test_fit_of_the_generators_parameters(tmp_path, monkeypatch):
     assert rows["fit_fitted_frequencies"]["hm_iou"] > 0
     assert len(out["fit_cases"]) == 4 and all(c["residual"] <= c["true_residual"] + 1e-9 for c in out["fit_cases"])
     assert sum(b["cases"] for b in out["fit_by_contrast"]) == 4
+    unet = out["unet_on_one_mode"]
+    assert unet["iterations"] >= 1 and unet["train_cases"] == 4 and 0.0 <= unet["iou"] <= 1.0
+    assert list(unet["iou_by_contrast"]) == ["0.1-0.3", "0.3-0.45", "0.45-0.7", "0.7-1"]
+    assert "one unambiguous mode" in (tmp_path / "results" / "fit.md").read_text()
