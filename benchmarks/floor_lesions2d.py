@@ -61,6 +61,7 @@ from scipy.optimize import minimize  # noqa: E402
 
 from monai_probseg.data.synthetic import (  # noqa: E402
     ambiguous_lesions_2d,
+    lesion_mode_mask,
     lesion_modes,
     lesion_regions,
     lesion_signal,
@@ -167,9 +168,7 @@ def fit_lesion(case, clean_case, starts=4, rng=None) -> tuple[dict, dict]:
     """
     rng = np.random.default_rng(0) if rng is None else rng
     size = case["image"].shape[1:]
-    true = dict(case["params"])
-    if not true["has_satellite"]:
-        true["satellite"] = 0.0
+    true = case["params"]
     true_signal = lesion_signal(true, lesion_regions(true, size))
     lesion = case["image"][0] - clean_case["image"][0] + true_signal  # the image without its texture
     spec = _fit_spec(true)
@@ -197,8 +196,8 @@ def fit_lesion(case, clean_case, starts=4, rng=None) -> tuple[dict, dict]:
 
 
 def _iou(a, b) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    """Foreground IoU of two ``(H, W)`` masks, the leaderboard's ``mode_ious`` (1 when both are empty)."""
+    return float(mode_ious(torch.from_numpy(np.asarray(a)[None]).long(), torch.from_numpy(np.asarray(b)[None]).long()))
 
 
 def fit_rows(cases, clean_cases, annotations, num_samples, starts=4, seed=0, oracle=None):
@@ -208,13 +207,13 @@ def fit_rows(cases, clean_cases, annotations, num_samples, starts=4, seed=0, ora
     true_freq, fit_freq, sample_ious, per_case = [], [], [], []
     for i, (case, clean) in enumerate(zip(cases, clean_cases)):
         fitted, info = fit_lesion(case, clean, starts, rng)
-        modes, _ = lesion_modes(fitted, lesion_regions(fitted, size))
         true_regions = lesion_regions(case["params"], size)
         fit_regions = lesion_regions(fitted, size)
+        modes, _ = lesion_modes(fitted, fit_regions)
         # the true modes' masks replaced by the fitted ones, drawn by the oracle's draws
         _, index = sample_oracle(case, num_samples, seed=i, return_indices=True)
         true_modes = [m for m, _ in case["modes"]]
-        replaced = [_mask_of(name.split("=")[0], fit_regions) for name in case["mode_names"]]
+        replaced = [lesion_mode_mask(name.split("=")[0], fit_regions) for name in case["mode_names"]]
         drawn = np.stack([replaced[j] for j in index])
         iou = mode_ious(torch.from_numpy(drawn).long(), torch.from_numpy(np.stack(true_modes)).long())
         sample_ious.append(float(iou[torch.arange(num_samples), torch.from_numpy(index)].mean()))
@@ -284,16 +283,6 @@ def unet_on_one_mode(test_cases, budget, train_cases=2000, seed=0, size=64, chan
             for b, (lo, hi) in enumerate(zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:]))
         },
     }
-
-
-def _mask_of(name, regions) -> np.ndarray:
-    """The uint8 mask of a base mode name (``tight``, ``generous+satellite``, ...) drawn from ``regions``."""
-    mask = np.zeros(regions["tight"].shape, np.uint8)
-    if name != "empty":
-        mask[regions[name.split("+")[0]]] = 1
-        if name.endswith("+satellite"):
-            mask[regions["satellite"]] = 1
-    return mask
 
 
 def main(argv=None) -> dict:

@@ -21,6 +21,7 @@ from .synthetic import (
     ambiguous_lesions_2d,
     anatomy_phantom,
     brats_phantom,
+    lesion_mode_mask,
     lesion_mode_probabilities,
     lesion_modes,
     lesion_regions,

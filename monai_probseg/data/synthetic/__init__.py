@@ -19,6 +19,7 @@ from .anatomy import (
 from .brats import BRATS_LABELS, MODALITIES, brats_phantom, majority_vote, write_brats_phantoms
 from .lesions import (
     ambiguous_lesions_2d,
+    lesion_mode_mask,
     lesion_mode_probabilities,
     lesion_modes,
     lesion_regions,
@@ -38,6 +39,7 @@ __all__ = [
     "ambiguous_lesions_2d",
     "anatomy_phantom",
     "brats_phantom",
+    "lesion_mode_mask",
     "lesion_mode_probabilities",
     "lesion_modes",
     "lesion_regions",

@@ -49,6 +49,7 @@ __all__ = [
     "LesionModes",
     "LesionModeNames",
     "ambiguous_lesions_2d",
+    "lesion_mode_mask",
     "lesion_mode_probabilities",
     "lesion_modes",
     "lesion_regions",
@@ -93,6 +94,7 @@ def _register_collate() -> None:
 
 _register_collate()
 HALO_RANGE = (0.2, 0.8)
+LESION_MODE_NAMES = ("empty", "tight", "generous", "tight+satellite", "generous+satellite")
 SATELLITE_RANGE = (0.15, 0.85)
 
 
@@ -187,26 +189,34 @@ def lesion_modes(
     """
     satellite = params["satellite"] if params["has_satellite"] else None
     probs = lesion_mode_probabilities(params["contrast"], params["halo"], satellite)
-    fg = 2 if num_classes == 3 else 1
-    shape = regions["tight"].shape
-    masks, mode_probs, names = [np.zeros(shape, np.uint8)], [probs["empty"]], ["empty"]
-    for boundary_name, region, p_b in (
-        ("tight", regions["tight"], 1 - probs["generous"]),
-        ("generous", regions["generous"], probs["generous"]),
-    ):
-        for sat_name, use_sat, p_s in (("", False, 1 - probs["satellite"]), ("+satellite", True, probs["satellite"])):
-            if use_sat and satellite is None:
+    masks, mode_probs, names = [lesion_mode_mask("empty", regions, num_classes)], [probs["empty"]], ["empty"]
+    for boundary_name, p_b in (("tight", 1 - probs["generous"]), ("generous", probs["generous"])):
+        for sat_name, p_s in (("", 1 - probs["satellite"]), ("+satellite", probs["satellite"])):
+            if sat_name and satellite is None:
                 continue
-            mask = np.zeros(shape, np.uint8)
-            mask[region] = fg
-            if num_classes == 3:
-                mask[regions["core"]] = 1
-            if use_sat:
-                mask[regions["satellite"]] = fg
-            masks.append(mask)
+            masks.append(lesion_mode_mask(boundary_name + sat_name, regions, num_classes))
             mode_probs.append((1 - probs["empty"]) * p_b * p_s)
             names.append(boundary_name + sat_name)
     return _merge_modes(masks, mode_probs, names)
+
+
+def lesion_mode_mask(name: str, regions: dict[str, np.ndarray], num_classes: int = 2) -> np.ndarray:
+    """The uint8 ``(H, W)`` mask of one mode named ``"empty"``, ``"tight"``, ``"generous"``, ``"tight+satellite"``
+    or ``"generous+satellite"``, drawn from :func:`lesion_regions`'s ``regions`` (lesion label 1; with
+    ``num_classes`` 3 the core is 1 and the rest of the lesion 2)."""
+    if name not in LESION_MODE_NAMES:
+        raise ValueError(f"unknown lesion mode {name!r}, expected one of {LESION_MODE_NAMES}.")
+    boundary, _, extra = name.partition("+")
+    mask = np.zeros(regions["tight"].shape, np.uint8)
+    if boundary == "empty":
+        return mask
+    fg = 2 if num_classes == 3 else 1
+    mask[regions[boundary]] = fg
+    if num_classes == 3:
+        mask[regions["core"]] = 1
+    if extra:
+        mask[regions["satellite"]] = fg
+    return mask
 
 
 def _merge_modes(

@@ -201,7 +201,7 @@ def test_write_and_read_back(tmp_path):
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_regions_signal_and_modes_redraw_the_case(num_classes):
     """A case's params are the whole geometry: its modes and noise-free image are drawn again from them."""
-    from monai_probseg.data.synthetic import lesion_modes, lesion_regions, lesion_signal
+    from monai_probseg.data.synthetic import lesion_mode_mask, lesion_modes, lesion_regions, lesion_signal
 
     noisy = ambiguous_lesions_2d(8, (48, 40), seed=4, num_classes=num_classes)
     clean = ambiguous_lesions_2d(8, (48, 40), seed=4, num_classes=num_classes, noise=0.0)
@@ -215,6 +215,8 @@ def test_regions_signal_and_modes_redraw_the_case(num_classes):
         assert regions["satellite"].any() or not params["has_satellite"]
         modes, names = lesion_modes(params, regions, num_classes)
         assert names == case["mode_names"]
+        with pytest.raises(ValueError, match="empty\\+satellite"):
+            lesion_mode_mask("empty+satellite", regions)
         for (mask, p), (true_mask, true_p) in zip(modes, case["modes"]):
             np.testing.assert_array_equal(mask, true_mask)
             assert p == pytest.approx(true_p, abs=1e-12)
