@@ -176,6 +176,16 @@ def contrast_levels(cases, contrast_bins=CONTRAST_BINS) -> np.ndarray:
     return np.where(level < len(contrast_bins) - 1, level, -1)
 
 
+def mean_by_contrast(values, levels, contrast_bins=CONTRAST_BINS) -> dict[str, float]:
+    """The mean of per-item ``values`` in each lesion-contrast bin (``levels``: :py:func:`contrast_levels` of
+    the items), ``"<lo>-<hi>"`` -> mean, NaN for an empty bin."""
+    values, levels = np.asarray(values, dtype=np.float64), np.asarray(levels)
+    return {
+        f"{lo:g}-{hi:g}": float(values[levels == b].mean()) if (levels == b).any() else float("nan")
+        for b, (lo, hi) in enumerate(zip(contrast_bins[:-1], contrast_bins[1:]))
+    }
+
+
 def contrast_groups(cases, contrast_bins=CONTRAST_BINS) -> dict[str, torch.Tensor]:
     """The held-out cases split by lesion contrast, ``"<lo>-<hi>"`` -> boolean case mask (``evaluate``'s groups)."""
     level = contrast_levels(cases, contrast_bins)
@@ -217,7 +227,7 @@ def expert_roles(cases, modes, expert_masks, weights, contrast_bins=CONTRAST_BIN
     ``gate_mode_tv``, the mean total-variation distance between those gate masses and the true probabilities, and
     ``best_expert_iou_by_contrast``: the ``tight`` / ``generous`` modes' ``best_expert_iou`` per lesion-contrast bin.
     """
-    kinds, tv, by_contrast = {}, [], {k: [[] for _ in contrast_bins[:-1]] for k in ("tight", "generous")}
+    kinds, tv, by_contrast = {}, [], {k: ([], []) for k in ("tight", "generous")}  # (IoUs, their levels)
     levels = contrast_levels(cases, contrast_bins)
     for i, case in enumerate(cases):
         probs = np.array([p for _, p in case["modes"]])
@@ -227,8 +237,9 @@ def expert_roles(cases, modes, expert_masks, weights, contrast_bins=CONTRAST_BIN
         for m, name in enumerate(case["mode_names"]):
             kind = name.split("=")[0]
             kinds.setdefault(kind, []).append((probs[m], mass[m], iou[:, m].max()))
-            if kind in by_contrast and levels[i] >= 0:
-                by_contrast[kind][levels[i]].append(iou[:, m].max())
+            if kind in by_contrast:
+                by_contrast[kind][0].append(iou[:, m].max())
+                by_contrast[kind][1].append(levels[i])
     return {
         "gate_mode_tv": float(np.mean(tv)),
         "mode_kinds": {
@@ -241,11 +252,8 @@ def expert_roles(cases, modes, expert_masks, weights, contrast_bins=CONTRAST_BIN
             for kind, v in kinds.items()
         },
         "best_expert_iou_by_contrast": {
-            kind: {
-                f"{lo:g}-{hi:g}": (float(np.mean(v)) if v else float("nan"))
-                for lo, hi, v in zip(contrast_bins[:-1], contrast_bins[1:], levels)
-            }
-            for kind, levels in by_contrast.items()
+            kind: mean_by_contrast(values, kind_levels, contrast_bins)
+            for kind, (values, kind_levels) in by_contrast.items()
         },
     }
 

@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, md_table, write_results  # noqa: E402
 from bench_lesions2d import LEARNING_RATES, _unet, evaluate, mode_ious, normalise, train  # noqa: E402
-from diagnose_lesions2d import CONTRAST_BINS, contrast_levels  # noqa: E402
+from diagnose_lesions2d import contrast_levels, mean_by_contrast  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 
 from monai_probseg.data.synthetic import (  # noqa: E402
@@ -239,17 +239,12 @@ def fit_rows(cases, clean_cases, annotations, num_samples, starts=4, seed=0, ora
             row["hm_iou_over_oracle"] = row["hm_iou"] / oracle["hm_iou"]
         rows.append(row)
     level = contrast_levels(cases)
-    by_contrast = []
-    for b, (lo, hi) in enumerate(zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:])):
-        sel = [c for c, lv in zip(per_case, level) if lv == b]
-        by_contrast.append(
-            {
-                "contrast": f"{lo:g}-{hi:g}",
-                "cases": len(sel),
-                "tight_iou": float(np.mean([c["tight_iou"] for c in sel])) if sel else float("nan"),
-                "generous_iou": float(np.mean([c["generous_iou"] for c in sel])) if sel else float("nan"),
-            }
-        )
+    tight = mean_by_contrast([c["tight_iou"] for c in per_case], level)
+    generous = mean_by_contrast([c["generous_iou"] for c in per_case], level)
+    by_contrast = [
+        {"contrast": k, "cases": int((level == b).sum()), "tight_iou": tight[k], "generous_iou": generous[k]}
+        for b, k in enumerate(tight)
+    ]
     return rows, by_contrast, per_case
 
 
@@ -278,10 +273,7 @@ def unet_on_one_mode(test_cases, budget, train_cases=2000, seed=0, size=64, chan
         "train_seconds": seconds,
         "learning_rate": lr,
         "iou": float(iou.mean()),
-        "iou_by_contrast": {
-            f"{lo:g}-{hi:g}": float(iou[level == b].mean()) if (level == b).any() else float("nan")
-            for b, (lo, hi) in enumerate(zip(CONTRAST_BINS[:-1], CONTRAST_BINS[1:]))
-        },
+        "iou_by_contrast": mean_by_contrast(iou, level),
     }
 
 
